@@ -1,0 +1,35 @@
+"""GAS core: the Generalized (Adversarial) Solver as a k-diffusion-style sampler, in pure torch.
+
+Public API::
+
+    from gas import sample_gas, load_solver, save_solver, GeneralizedSolver
+    from gas import DiscreteVPSchedule, FlowSchedule, VESigmaSpace, SolverFileError
+"""
+
+from .convert import import_official_checkpoint
+from .sampling import SigmasMismatchError, build_plan, sample_gas
+from .schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule, ScheduleError, VESigmaSpace
+from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver
+from .solver_file import SolverFileError, load_solver, read_solver_metadata, save_solver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sample_gas",
+    "build_plan",
+    "GeneralizedSolver",
+    "load_solver",
+    "save_solver",
+    "read_solver_metadata",
+    "import_official_checkpoint",
+    "NoiseSchedule",
+    "DiscreteVPSchedule",
+    "FlowSchedule",
+    "VESigmaSpace",
+    "SolverFileError",
+    "SigmasMismatchError",
+    "ScheduleError",
+    "MIN_NFE",
+    "MAX_NFE",
+    "__version__",
+]
