@@ -74,6 +74,13 @@ class NoiseSchedule:
             return 1.0 - s
         return torch.ones_like(s)
 
+    def initial_state(self, noise: torch.Tensor, s0: float | torch.Tensor) -> torch.Tensor:
+        """Start state at ``s0`` from unit noise, as ComfyUI builds it for txt2img (empty latent, max denoise):
+        ``noise*sqrt(1+s0^2)`` (VE, so that the DPM state ``y_0`` is the noise itself) or ``s0*noise`` (flow)."""
+        s0 = torch.as_tensor(s0, dtype=torch.float64)
+        scale = s0 if self.space == "flow" else torch.sqrt(1.0 + s0 * s0)
+        return noise * float(scale)
+
     def first_sigma(self, s0: torch.Tensor) -> torch.Tensor:
         """The sigma a DPM step may start from: flow ``s >= 1`` (lambda = -inf) moves to ``sigma_of_u(U_MAX)``."""
         return s0
