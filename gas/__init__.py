@@ -6,13 +6,20 @@ Public API::
     from gas import DiscreteVPSchedule, FlowSchedule, VESigmaSpace, SolverFileError
 """
 
-from .convert import import_official_checkpoint
 from .sampling import SigmasMismatchError, build_plan, sample_gas
 from .schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule, ScheduleError, VESigmaSpace
 from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver
 from .solver_file import SolverFileError, load_solver, read_solver_metadata, save_solver
 
 __version__ = "0.1.0"
+
+
+def import_official_checkpoint(*args, **kwargs) -> GeneralizedSolver:
+    """Import an authors' training checkpoint; see :func:`gas.convert.import_official_checkpoint`."""
+    from .convert import import_official_checkpoint as _import
+
+    return _import(*args, **kwargs)
+
 
 __all__ = [
     "sample_gas",

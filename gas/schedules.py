@@ -77,7 +77,7 @@ class NoiseSchedule:
     def initial_state(self, noise: torch.Tensor, s0: float | torch.Tensor) -> torch.Tensor:
         """Start state at ``s0`` from unit noise, as ComfyUI builds it for txt2img (empty latent, max denoise):
         ``noise*sqrt(1+s0^2)`` (VE, so that the DPM state ``y_0`` is the noise itself) or ``s0*noise`` (flow)."""
-        s0 = torch.as_tensor(s0, dtype=torch.float64)
+        s0 = torch.as_tensor(s0, dtype=torch.float64).detach()
         scale = s0 if self.space == "flow" else torch.sqrt(1.0 + s0 * s0)
         return noise * float(scale)
 
@@ -260,7 +260,17 @@ class FlowSchedule(NoiseSchedule):
         return s / (a - (a - 1.0) * s)
 
     def sigma_of_time(self, t: torch.Tensor) -> torch.Tensor:
-        return self._warp(FLOW_U_MAX * t)
+        """``warp(U_MAX*t)`` for ``t <= 1``; beyond 1 (a shifted first network time) lambda continues linearly in t,
+        so the sigma stays below 1 and the map stays differentiable."""
+        inside = self._warp(FLOW_U_MAX * torch.clamp(t, max=1.0))
+        if not bool((t > 1.0).any()):
+            return inside
+        a = self.shift
+        s1 = self._warp(torch.as_tensor(FLOW_U_MAX, dtype=t.dtype, device=t.device))
+        lam1 = torch.log1p(-s1) - torch.log(s1)
+        dlam_dt = -FLOW_U_MAX * a / ((1.0 + (a - 1.0) * FLOW_U_MAX) ** 2 * s1 * (1.0 - s1))
+        outside = torch.sigmoid(-(lam1 + (torch.clamp(t, min=1.0) - 1.0) * dlam_dt))
+        return torch.where(t > 1.0, outside, inside)
 
     def time_of_sigma(self, s: torch.Tensor) -> torch.Tensor:
         return self._unwarp(s) / FLOW_U_MAX
@@ -269,7 +279,7 @@ class FlowSchedule(NoiseSchedule):
         return self.multiplier * self.sigma_of_time(t)
 
     def clamp_time(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(t, min=1e-6, max=1.0)
+        return torch.clamp(t, min=1e-6)
 
     def first_sigma(self, s0: torch.Tensor) -> torch.Tensor:
         if float(s0) >= 1.0:

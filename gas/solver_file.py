@@ -12,6 +12,7 @@ Metadata (each value a JSON document in safetensors' string metadata):
 ``t_eps``          final GAS time (the grid ends at ``t_eps``)
 ``schedule``       the noise schedule the solver was trained for (:func:`gas.schedules.schedule_from_metadata`)
 ``grid_sigmas``    the learned sigmas on that schedule (checked against the tensors when loading)
+``content_sha256`` SHA-256 of the tensors and of every other metadata field (any edit or corruption is detected)
 optional           ``model`` (family, prediction, file, sha256), ``cfg``, ``mode`` (gs/gas/untrained/imported),
                    ``teacher``, ``loss``, ``iterations``, ``created``, ``pack_version``, ``scores`` and any other
                    JSON value
@@ -20,6 +21,7 @@ optional           ``model`` (family, prediction, file, sha256), ``cfg``, ``mode
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -41,6 +43,7 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 _TENSORS = ("mu_logit", "t_couple", "a", "c")
 _REQUIRED = ("format", "format_version", "nfe", "t_eps", "schedule")
 _GRID_RTOL = 1e-6
+_CHECKSUM_KEY = "content_sha256"
 
 
 class SolverFileError(ValueError):
@@ -54,6 +57,19 @@ class SolverFileError(ValueError):
 
 def _file_dtype(value: torch.Tensor) -> torch.dtype:
     return torch.float64 if value.dtype == torch.float64 else torch.float32
+
+
+def _content_hash(tensors: dict[str, torch.Tensor], encoded_meta: dict[str, str]) -> str:
+    """SHA-256 over the tensors (name, dtype, shape, bytes) and the encoded metadata, in a canonical order."""
+    digest = hashlib.sha256()
+    for name in _TENSORS:
+        value = tensors[name].contiguous()
+        digest.update(f"{name}|{value.dtype}|{list(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    for key in sorted(encoded_meta):
+        if key != _CHECKSUM_KEY:
+            digest.update(f"{key}={encoded_meta[key]}\n".encode())
+    return digest.hexdigest()
 
 
 def save_solver(solver: GeneralizedSolver, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -88,7 +104,9 @@ def save_solver(solver: GeneralizedSolver, path: str | os.PathLike[str], *, over
     meta: dict[str, Any] = dict(solver.metadata)
     meta.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, nfe=solver.nfe, t_eps=solver.t_eps,
                 schedule=solver.schedule.to_metadata(), grid_sigmas=grid)
+    meta.pop(_CHECKSUM_KEY, None)
     encoded = {key: json.dumps(value, allow_nan=False) for key, value in meta.items()}
+    encoded[_CHECKSUM_KEY] = json.dumps(_content_hash(tensors, encoded))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -165,6 +183,10 @@ def load_solver(path: str | os.PathLike[str], *, device: torch.device | str | No
     path = Path(path)
     tensors, raw_meta = _open(path)
     meta = _decode_metadata(path, raw_meta)
+    if _CHECKSUM_KEY in meta and all(name in tensors for name in _TENSORS):
+        if meta[_CHECKSUM_KEY] != _content_hash(tensors, raw_meta):
+            raise SolverFileError(path, "its content does not match its checksum (the file is damaged or was edited "
+                                        "by hand; re-save it with gas.save_solver)")
 
     nfe = meta["nfe"]
     if not isinstance(nfe, int) or isinstance(nfe, bool) or not (MIN_NFE <= nfe <= MAX_NFE):
@@ -200,7 +222,7 @@ def load_solver(path: str | os.PathLike[str], *, device: torch.device | str | No
     if dtype is None:
         dtype = _file_dtype(tensors["mu_logit"])
     solver = GeneralizedSolver(nfe, t_eps=float(t_eps), schedule=schedule,
-                               metadata={k: v for k, v in meta.items() if k not in _REQUIRED}, dtype=dtype)
+                               metadata={k: v for k, v in meta.items() if k not in _REQUIRED and k != _CHECKSUM_KEY}, dtype=dtype)
     with torch.no_grad():
         for name in _TENSORS:
             getattr(solver, name).copy_(tensors[name].to(dtype))

@@ -1,0 +1,28 @@
+"""Shared fixtures: where the golden files live (``../shared/golden`` beside the checkout, or ``GAS_GOLDEN_DIR``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def golden_dir() -> Path | None:
+    env = os.environ.get("GAS_GOLDEN_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "golden")
+    for path in candidates:
+        if path.is_dir() and any(path.glob("*.safetensors")):
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    path = golden_dir()
+    if path is None:
+        pytest.skip("golden files not found (expected ../shared/golden beside the checkout, or set GAS_GOLDEN_DIR)")
+    return path
