@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from .schedules import DiscreteVPSchedule, NoiseSchedule
 from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver, used_correction_mask
 from .solver_file import SolverFileError, save_solver
 
-__all__ = ["import_official_checkpoint", "MODEL_PRESETS", "main"]
+__all__ = ["MODEL_PRESETS", "import_official_checkpoint", "main"]
 
 #: What the authors' configs used, per model: the schedule, t_eps, CFG scale and model identity.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -80,6 +81,21 @@ def _solver_from_shadow(path: Path, shadow: list[torch.Tensor], schedule: NoiseS
     return solver
 
 
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive; verify every entry's CRC (torch.load itself does not)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            raise SolverFileError(path, "is not a torch checkpoint (not a zip archive)")
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except SolverFileError:
+        raise
+    except Exception as exc:  # BadZipFile, zlib errors, struct errors, EOF on truncated archives
+        raise SolverFileError(path, f"is a damaged archive ({type(exc).__name__})") from None
+    if damaged is not None:
+        raise SolverFileError(path, f"is damaged (entry '{damaged}' fails its CRC check)")
+
+
 def import_official_checkpoint(
     checkpoint_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str] | None = None,
@@ -100,6 +116,7 @@ def import_official_checkpoint(
     preset = MODEL_PRESETS[model]
     if not path.is_file():
         raise SolverFileError(path, "no such file")
+    _check_archive(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors, or objects the safe unpickler refuses

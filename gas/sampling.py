@@ -17,7 +17,7 @@ from .schedules import NoiseSchedule, VESigmaSpace
 from .solver import GeneralizedSolver
 from .update_rule import TWO_M_FORMS, SolverPlan, build_coefficients
 
-__all__ = ["sample_gas", "build_plan", "SigmasMismatchError", "DECOUPLED_MODES", "GRID_RTOL"]
+__all__ = ["DECOUPLED_MODES", "GRID_RTOL", "SigmasMismatchError", "build_plan", "sample_gas"]
 
 #: ``"resigma"``: the model is called at ``s(t_k + t_couple[k])`` and its x0 is re-derived at the state sigma (exact
 #: for any denoiser whose network sees the continuous time of the sigma it gets). ``"timestep"``: the model is called

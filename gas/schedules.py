@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 __all__ = [
-    "NoiseSchedule",
-    "VESigmaSpace",
     "DiscreteVPSchedule",
     "FlowSchedule",
-    "schedule_from_metadata",
+    "NoiseSchedule",
     "ScheduleError",
+    "VESigmaSpace",
+    "schedule_from_metadata",
 ]
 
 #: Largest fraction of the flow time used at t = 1 (sigma = 1 has lambda = -inf); mirrors ComfyUI's
@@ -304,7 +304,7 @@ def schedule_from_metadata(meta: dict[str, Any]) -> NoiseSchedule:
                 return DiscreteVPSchedule.sd_linear(float(meta["linear_start"]), float(meta["linear_end"]),
                                                     int(meta["timesteps"]))
             if meta.get("beta_schedule") == "table":
-                return DiscreteVPSchedule(torch.tensor([float(v) for v in meta["alphas_cumprod"]]))
+                return DiscreteVPSchedule(torch.tensor([float(v) for v in meta["alphas_cumprod"]], dtype=torch.float64))
             raise ScheduleError(f"unknown beta_schedule {meta.get('beta_schedule')!r}")
         if kind == "flow":
             return FlowSchedule(float(meta["shift"]), float(meta.get("multiplier", 1000.0)))

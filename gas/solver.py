@@ -20,7 +20,7 @@ from torch import nn
 
 from .schedules import NoiseSchedule
 
-__all__ = ["GeneralizedSolver", "MIN_NFE", "MAX_NFE", "MU_EPS", "used_correction_mask"]
+__all__ = ["MAX_NFE", "MIN_NFE", "MU_EPS", "GeneralizedSolver", "used_correction_mask"]
 
 MIN_NFE = 1
 MAX_NFE = 16

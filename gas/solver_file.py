@@ -34,7 +34,7 @@ import torch
 from .schedules import ScheduleError, schedule_from_metadata
 from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver, used_correction_mask
 
-__all__ = ["save_solver", "load_solver", "read_solver_metadata", "SolverFileError", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SolverFileError", "load_solver", "read_solver_metadata", "save_solver"]
 
 FORMAT_NAME = "gas-solver"
 FORMAT_VERSION = 1
@@ -53,6 +53,10 @@ class SolverFileError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"GAS solver file '{self.path}': {problem}")
+
+
+def _is_valid_grid(grid: torch.Tensor) -> bool:
+    return bool(torch.isfinite(grid).all() and (grid > 0).all() and (grid[1:] < grid[:-1]).all())
 
 
 def _file_dtype(value: torch.Tensor) -> torch.dtype:
@@ -100,7 +104,11 @@ def save_solver(solver: GeneralizedSolver, path: str | os.PathLike[str], *, over
         probe = GeneralizedSolver(solver.nfe, t_eps=solver.t_eps, schedule=solver.schedule,
                                   dtype=tensors["mu_logit"].dtype)
         probe.mu_logit.copy_(tensors["mu_logit"])
-        grid = probe.sigmas().tolist()
+        grid_tensor = probe.sigmas()
+        if not _is_valid_grid(grid_tensor):
+            raise SolverFileError(path, "refusing to save: its timesteps do not give a finite, strictly decreasing "
+                                        f"sigma grid on its schedule (is t_eps={solver.t_eps:g} below its range?)")
+        grid = grid_tensor.tolist()
     meta: dict[str, Any] = dict(solver.metadata)
     meta.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, nfe=solver.nfe, t_eps=solver.t_eps,
                 schedule=solver.schedule.to_metadata(), grid_sigmas=grid)
@@ -227,7 +235,7 @@ def load_solver(path: str | os.PathLike[str], *, device: torch.device | str | No
         for name in _TENSORS:
             getattr(solver, name).copy_(tensors[name].to(dtype))
         grid = solver.sigmas()
-    if not torch.isfinite(grid).all() or (grid <= 0).any() or (grid[1:] >= grid[:-1]).any():
+    if not _is_valid_grid(grid):
         raise SolverFileError(path, "its timesteps do not give a finite, strictly decreasing sigma grid")
     stored = meta.get("grid_sigmas")
     if stored is not None:

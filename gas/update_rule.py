@@ -23,7 +23,7 @@ import torch
 
 from .schedules import NoiseSchedule
 
-__all__ = ["SolverPlan", "build_coefficients", "TWO_M_FORMS"]
+__all__ = ["TWO_M_FORMS", "SolverPlan", "build_coefficients"]
 
 #: ``"gas"``: the authors' second step ``-(alpha phi1 / 2) D1_0``; ``"k-diffusion"``: ``+alpha phi2 D1_0`` (the Taylor
 #: form of k-diffusion's ``sample_dpmpp_3m_sde`` / ``sample_dpmpp_2m_sde``).

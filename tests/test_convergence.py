@@ -8,6 +8,7 @@ order: about 2, and clearly above first order.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -42,8 +43,8 @@ def test_error_falls_at_second_order(case):
     schedule, model_cls = CASES[case]
     ns = [16, 32, 64, 128]
     errs = [error(schedule, model_cls, lam_uniform_sigmas(schedule, n)) for n in ns]
-    assert all(b < a for a, b in zip(errs, errs[1:])), errs
-    orders = [math.log(a / b) / math.log(2) for a, b in zip(errs, errs[1:])]
+    assert all(b < a for a, b in itertools.pairwise(errs)), errs
+    orders = [math.log(a / b) / math.log(2) for a, b in itertools.pairwise(errs)]
     assert all(1.8 < p < 3.6 for p in orders), orders
     assert errs[-1] < 1e-3
 
