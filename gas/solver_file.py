@@ -229,8 +229,8 @@ def load_solver(path: str | os.PathLike[str], *, device: torch.device | str | No
 
     if dtype is None:
         dtype = _file_dtype(tensors["mu_logit"])
-    solver = GeneralizedSolver(nfe, t_eps=float(t_eps), schedule=schedule,
-                               metadata={k: v for k, v in meta.items() if k not in _REQUIRED and k != _CHECKSUM_KEY}, dtype=dtype)
+    descriptive = {k: v for k, v in meta.items() if k not in _REQUIRED and k != _CHECKSUM_KEY}
+    solver = GeneralizedSolver(nfe, t_eps=float(t_eps), schedule=schedule, metadata=descriptive, dtype=dtype)
     with torch.no_grad():
         for name in _TENSORS:
             getattr(solver, name).copy_(tensors[name].to(dtype))

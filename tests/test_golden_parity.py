@@ -94,7 +94,7 @@ def test_golden_through_importer_and_round_trip(golden, name, tmp_path):
 def test_importer_takes_ema_not_raw_parameters(golden):
     """The checkpoint's ``model`` and ``collected_params`` hold perturbed values on purpose."""
     name = "sd15_n4_random"
-    tensors, meta = read_golden(golden / f"{name}.safetensors")
+    tensors, _ = read_golden(golden / f"{name}.safetensors")
     checkpoint = torch.load(golden / f"{name}_official.pt", weights_only=True)
     raw = checkpoint["model"]
     solver = gas.import_official_checkpoint(golden / f"{name}_official.pt")
