@@ -226,9 +226,11 @@ def _integrate(
             steps = trange(n, disable=disable)
         except ImportError:
             pass
+    shifted_calls = [bool(sc != 1.0 or ox != 0.0) for sc, ox in zip(plan.input_scale.tolist(), plan.out_x.tolist(),
+                                                                       strict=True)]
     for k in steps:
         xk = xs[k]
-        shifted = plan.input_scale[k] != 1.0 or plan.out_x[k] != 0.0
+        shifted = shifted_calls[k]
         if timestep_hook is not None and plan.call_times is not None:
             timestep_hook(plan.call_times[k])
         if shifted:

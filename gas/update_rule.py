@@ -17,6 +17,7 @@ network time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,47 +75,53 @@ def build_coefficients(
         raise ValueError(f"two_m must be one of {TWO_M_FORMS}, got {two_m!r}")
     s = sigmas.to(torch.float64)
     n = s.numel() - 1
-    dev = s.device
-    lam = schedule.lam(s[:n] if denoise_last else s)
-    rho = schedule.rho(s)
-    alpha = schedule.alpha(s[:n] if denoise_last else s)
-    sig = schedule.sigma_dpm(s)
+    live = s[:n] if denoise_last else s  # lambda is infinite at a final sigma of 0
+    tensors = [schedule.lam(live), schedule.alpha(live), schedule.sigma_dpm(s), schedule.rho(s)]
+    corrections = [m.to(torch.float64) if m is not None else None for m in (a, c)]
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in tensors + corrections if t is not None)
+    if track:  # 0-dim tensors: differentiable in the solver parameters
+        lam, alpha, sig, rho = tensors
+        a64, c64 = corrections
+        expm1 = torch.expm1
+        zero = torch.zeros((), dtype=torch.float64, device=s.device)
+    else:  # python floats: the same arithmetic, an order of magnitude cheaper per scalar
+        lam, alpha, sig, rho = (t.detach().cpu().tolist() for t in tensors)
+        a64, c64 = (m.detach().cpu().tolist() if m is not None else None for m in corrections)
+        expm1 = math.expm1
+        zero = 0.0
 
-    # Rows are assembled as python lists of 0-dim tensors (keeps autograd simple and exact), then stacked.
-    zero = torch.zeros((), dtype=torch.float64, device=dev)
-    y_rows: list[list[torch.Tensor]] = []
-    m_rows: list[list[torch.Tensor]] = []
+    def corr(mat, i: int, j: int):
+        return zero if mat is None else mat[i][j]
 
-    def corr(mat: torch.Tensor | None, i: int, j: int) -> torch.Tensor:
-        return zero if mat is None else mat[i, j].to(torch.float64)
-
+    y_rows: list[list] = []
+    m_rows: list[list] = []
     for k in range(1, n + 1):
         j = k - 1
         yr = [zero] * n
         mr = [zero] * n
-        if denoise_last and k == n:
-            mr[k - 1] = torch.ones((), dtype=torch.float64, device=dev)
-            y_rows.append(yr)
+        if denoise_last and k == n:  # k-diffusion's final step to sigma 0: x_N = m_{N-1}
+            mr[k - 1] = zero + 1.0
+            y_rows.append([y / rho[k] for y in yr])
             m_rows.append(mr)
             continue
         h = lam[k] - lam[k - 1]
-        phi1 = torch.expm1(-h)
+        phi1 = expm1(-h)
         phi2 = phi1 / h + 1.0
         phi3 = phi2 / h - 0.5
-        yr[k - 1] = sig[k] / sig[k - 1] + corr(a, 0, j)
-        mr[k - 1] = -(alpha[k] * phi1 + corr(c, 0, j))
+        yr[k - 1] = sig[k] / sig[k - 1] + corr(a64, 0, j)
+        mr[k - 1] = -(alpha[k] * phi1 + corr(c64, 0, j))
         if k == 2:
             r0 = (lam[1] - lam[0]) / h
             g = -(0.5 * alpha[k] * phi1) if two_m == "gas" else alpha[k] * phi2
-            g = g - corr(c, 1, j)
+            g = g - corr(c64, 1, j)
             mr[1] = mr[1] + g / r0
             mr[0] = mr[0] - g / r0
-            yr[0] = yr[0] + corr(a, 1, j)
+            yr[0] = yr[0] + corr(a64, 1, j)
         elif k >= 3:
             r0 = (lam[k - 1] - lam[k - 2]) / h
             r1 = (lam[k - 2] - lam[k - 3]) / h
-            g1 = alpha[k] * phi2 + corr(c, 1, j)  # multiplies D1
-            g2 = -(alpha[k] * phi3 + corr(c, 2, j))  # multiplies D2
+            g1 = alpha[k] * phi2 + corr(c64, 1, j)  # multiplies D1
+            g2 = -(alpha[k] * phi3 + corr(c64, 2, j))  # multiplies D2
             w = r0 / (r0 + r1)
             u = g1 * (1.0 + w) + g2 / (r0 + r1)  # multiplies D1_0
             v = -g1 * w - g2 / (r0 + r1)  # multiplies D1_1
@@ -122,22 +129,13 @@ def build_coefficients(
             mr[k - 2] = mr[k - 2] - u / r0 + v / r1
             mr[k - 3] = mr[k - 3] - v / r1
             for i in range(4, k + 1):
-                mr[k - i] = mr[k - i] + corr(c, i - 1, j)
+                mr[k - i] = mr[k - i] + corr(c64, i - 1, j)
             for i in range(2, k + 1):
-                yr[k - i] = yr[k - i] + corr(a, i - 1, j)
-        y_rows.append(yr)
-        m_rows.append(mr)
+                yr[k - i] = yr[k - i] + corr(a64, i - 1, j)
+        # to sigma space: x_k = y_k / rho_k with y_i = rho_i x_i
+        y_rows.append([yr[i] * rho[i] / rho[k] for i in range(n)])
+        m_rows.append([mr[i] / rho[k] for i in range(n)])
 
-    y_mat = torch.stack([torch.stack(r) for r in y_rows])
-    m_mat = torch.stack([torch.stack(r) for r in m_rows])
-    # to sigma space: x_k = y_k / rho_k, y_i = rho_i x_i
-    rho_next = rho[1:].reshape(-1, 1)
-    x_mat = y_mat * rho[:n].reshape(1, -1) / rho_next
-    m_mat = m_mat / rho_next
-    if denoise_last:
-        x_mat = x_mat.clone()
-        m_mat = m_mat.clone()
-        x_mat[n - 1] = 0.0
-        m_mat[n - 1] = 0.0
-        m_mat[n - 1, n - 1] = 1.0
-    return x_mat, m_mat
+    if track:
+        return torch.stack([torch.stack(r) for r in y_rows]), torch.stack([torch.stack(r) for r in m_rows])
+    return torch.tensor(y_rows, dtype=torch.float64), torch.tensor(m_rows, dtype=torch.float64)
