@@ -1,12 +1,14 @@
 """The real-ComfyUI test harness itself: tiny checkpoint detection, server start, a KSampler graph end to end.
 
 Needs ``COMFYUI_PATH`` (a ComfyUI checkout whose requirements are installed in this interpreter); skipped otherwise.
-The history-parsing tests at the bottom need nothing.
+The history-parsing and checkpoint-layout tests at the bottom need nothing.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import struct
 import subprocess
 import sys
@@ -14,12 +16,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.comfy_env import ComfyServer, ComfyServerError, history_error, require_comfyui, txt2img_graph
-from tests.helpers.tiny_checkpoints import write_tiny_sd15
+from tests.helpers.tiny_checkpoints import tiny_sd15_specs, tiny_sd15_state_dict, write_tiny_sd15
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CKPT_NAME = "tiny_sd15.safetensors"
+# One intra-op thread: the tiny model gains nothing from more, and 2-thread OpenMP stalls badly (10x) when other
+# processes share this 2-core machine.
+SERVER_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,7 @@ def empty_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(comfy_root: Path, tiny_ckpt: Path, empty_pack: Path):
     """One ComfyUI server for the module, with the empty pack and the tiny checkpoint."""
-    with ComfyServer(comfy_root, empty_pack, checkpoints=[tiny_ckpt]) as running:
+    with ComfyServer(comfy_root, empty_pack, checkpoints=[tiny_ckpt], env=SERVER_ENV) as running:
         yield running
 
 
@@ -92,6 +98,7 @@ def test_tiny_checkpoint_detected_in_process(comfy_root: Path, tiny_ckpt: Path) 
     done = subprocess.run(
         [sys.executable, "-c", script, str(comfy_root), str(tiny_ckpt)],
         cwd=REPO_ROOT,
+        env={**os.environ, **SERVER_ENV},
         capture_output=True,
         text=True,
         timeout=300,
@@ -166,3 +173,22 @@ def test_history_error_formats_execution_error() -> None:
 def test_history_error_none_on_success() -> None:
     """A successful entry has no error text."""
     assert history_error({"status": {"status_str": "success", "completed": True, "messages": []}}) is None
+
+
+def test_tiny_checkpoint_layout_matches_notes() -> None:
+    """Parameter counts of the three parts (COMFYUI_NOTES.md 2.2): UNet 13.6M, full CLIP-L, TAESD."""
+    counts: dict[str, int] = {}
+    for spec in tiny_sd15_specs():
+        part = spec.name.split(".", 1)[0]
+        counts[part] = counts.get(part, 0) + math.prod(spec.shape)
+    assert counts == {"model": 13_640_644, "cond_stage_model": 123_060_480, "first_stage_model": 2_445_065}
+
+
+def test_tiny_checkpoint_is_deterministic() -> None:
+    """The same seed gives the same tensors; the output conv is small (std 0.01)."""
+    first = tiny_sd15_state_dict(seed=0)
+    second = tiny_sd15_state_dict(seed=0)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    out_conv = first["model.diffusion_model.out.2.weight"].float()
+    assert float(out_conv.std()) == pytest.approx(0.01, rel=0.1)
