@@ -42,6 +42,10 @@ ENV_VAR = "COMFYUI_PATH"
 SKIP_UNSET = f"{ENV_VAR} not set: real-ComfyUI tests skipped"
 
 _CHECKOUT_MARKERS = ("main.py", "nodes.py", "folder_paths.py", "comfy/sd.py")
+#: Names left out when a pack is copied into a server's custom_nodes: VCS and caches, virtual environments and build
+#: outputs (CI creates .venv inside the checkout), and model files (a test writes the solvers it needs itself).
+COPY_IGNORE = (".git", "__pycache__", ".pytest_cache", ".ruff_cache", "*.pyc", ".venv", "venv", "*.egg-info",
+               "build", "dist", "runs", "gas_cache", ".gl", ".whl", "*.safetensors", "*.ckpt", "*.pt")
 # Top-level names of ComfyUI's root that must resolve to ComfyUI's own files (not this pack's nodes/ etc.).
 _COMFY_TOP_LEVEL = ("nodes", "utils", "folder_paths", "comfy", "comfy_extras", "comfy_api", "comfy_execution", "app")
 
@@ -300,7 +304,7 @@ class ComfyServer:
         """Prepare (but do not start) a server.
 
         * ``pack_dir``: node pack folder to install under custom_nodes as ``pack_name`` (default: its folder name);
-          symlinked, or copied without .git/caches when ``copy_pack``.
+          symlinked, or copied without the names in ``COPY_IGNORE`` when ``copy_pack``.
         * ``checkpoints``: files linked into ``models/checkpoints`` (symlink, falling back to a copy).
         * ``base_dir``: an existing folder to use (kept afterwards); default: a temporary one, removed on exit.
         * ``extra_args``: more ``main.py`` arguments, e.g. ``["--verbose", "DEBUG"]``.
@@ -374,7 +378,7 @@ class ComfyServer:
             elif target.exists():
                 shutil.rmtree(target)
             if self.copy_pack:
-                ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", ".ruff_cache", "*.pyc")
+                ignore = shutil.ignore_patterns(*COPY_IGNORE)
                 shutil.copytree(self.pack_dir, target, ignore=ignore)
             else:
                 target.symlink_to(self.pack_dir, target_is_directory=True)
@@ -499,6 +503,16 @@ class ComfyServer:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read().decode() or "null")
 
+    def get_text(self, path: str, timeout: float = 30.0) -> tuple[int, str]:
+        """``GET path``: (HTTP status, body as text); HTTP errors are returned, not raised."""
+        if self.port is None:
+            raise ComfyServerError("server not started")
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode(errors="replace")
+
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         """``GET /object_info`` (all node types), or ``/object_info/<node_class>``: ``{class: definition}``."""
         path = "/object_info" if node_class is None else f"/object_info/{urllib.parse.quote(node_class)}"
@@ -529,6 +543,22 @@ class ComfyServer:
                 if error is not None:
                     raise ComfyServerError(error)
                 return entry
+            if self.process is None or self.process.poll() is not None:
+                raise ComfyServerError(f"ComfyUI exited while running prompt {prompt_id}\n{self.log_tail()}")
+            time.sleep(poll)
+        raise ComfyServerError(f"prompt {prompt_id} did not finish within {timeout:.0f} s\n{self.log_tail()}")
+
+    def wait_for_error(self, prompt_id: str, timeout: float = 120.0, poll: float = 0.1) -> dict[str, Any]:
+        """Wait for a prompt that is expected to fail; return its ``execution_error`` data (node_type,
+        exception_type, exception_message, traceback). Raise ComfyServerError if it succeeds or never finishes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.history(prompt_id)
+            if entry is not None:
+                for event, data in (entry.get("status") or {}).get("messages", []):
+                    if event == "execution_error":
+                        return data
+                raise ComfyServerError(f"prompt {prompt_id} finished without an execution error")
             if self.process is None or self.process.poll() is not None:
                 raise ComfyServerError(f"ComfyUI exited while running prompt {prompt_id}\n{self.log_tail()}")
             time.sleep(poll)

@@ -1,0 +1,43 @@
+"""GAS Solver Info: what a solver file was trained for (model, NFE, cfg, schedule, mode, held-out scores)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from comfy_api.latest import io, ui
+
+from . import logic, solver_folder
+
+log = logging.getLogger(__name__)
+
+
+class GASSolverInfo(io.ComfyNode):
+    """Shows a solver file's metadata as text (STRING output; connect it to Preview Any to read it on the canvas)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GASSolverInfo",
+            display_name="GAS Solver Info",
+            category="sampling/custom_sampling/gas",
+            description=("What a GAS solver file was trained for: model family and checkpoint, NFE, cfg, noise "
+                         "schedule, training mode and held-out scores. Connect the text to Preview Any."),
+            inputs=[solver_folder.solver_input("Solver file from models/gas_solvers to describe.")],
+            outputs=[io.String.Output(display_name="info", tooltip="The description as text.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, solver: Any) -> bool | str:
+        return solver_folder.validate(solver)
+
+    @classmethod
+    def fingerprint_inputs(cls, solver: Any) -> Any:
+        return solver_folder.fingerprint(solver)
+
+    @classmethod
+    def execute(cls, solver: str) -> io.NodeOutput:
+        text = logic.describe_solver(solver_folder.load(solver), solver)
+        log.info("[GAS] solver info\n%s", text)
+        return io.NodeOutput(text, ui=ui.PreviewText(text))

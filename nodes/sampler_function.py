@@ -1,0 +1,103 @@
+"""The k-diffusion-style sampler function behind GAS Sampler and GAS KSampler, wrapped in ``comfy.samplers.KSAMPLER``.
+
+ComfyUI's KSAMPLER scales the noise for ``sigmas[0]``, wraps the callback (progress bar, latent previews, the
+``denoised_output`` of SamplerCustom) and applies ``inverse_noise_scaling`` to the result; this function adds what a
+learned solver needs around :func:`gas.sample_gas`:
+
+1. the model's schedule, family and weights fingerprint from ``model.inner_model.inner_model`` (the ``BaseModel``
+   behind the guider), checked against the solver file: a mismatch raises :class:`logic.GASNodeError` (one sentence)
+   before any network call; a different cfg or checkpoint is logged as a warning;
+2. the sigmas checked against the solver's grid (a tail of it is img2img, integrated without the corrections);
+3. for discrete-schedule (SD) models, the float-timestep wrapper in a *copy* of ``extra_args["model_options"]``,
+   so the network sees ``1000*t - 1`` of each GAS time instead of ComfyUI's rounded integer timestep.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import comfy.samplers
+import torch
+
+from . import logic
+from ._gas import comfy_bridge, core
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What a GAS SAMPLER carries: the loaded solver (None: DPM-Solver++(3M)) and its dropdown name for messages."""
+
+    solver: core.GeneralizedSolver | None
+    name: str = logic.NO_SOLVER
+
+
+def build_sampler(solver: core.GeneralizedSolver | None, name: str = logic.NO_SOLVER) -> comfy.samplers.KSAMPLER:
+    """A ComfyUI SAMPLER running ``solver`` (or DPM-Solver++(3M) when None)."""
+    return comfy.samplers.KSAMPLER(sample_gas_in_comfy, extra_options={"gas": SamplerSpec(solver, name)})
+
+
+def _guider_cfg(guider: Any) -> float | None:
+    """The CFG scale of a ``CFGGuider`` (None for guiders with several scales, e.g. DualCFGGuider)."""
+    if guider is None or hasattr(guider, "cfg1"):
+        return None
+    cfg = getattr(guider, "cfg", None)
+    return float(cfg) if isinstance(cfg, (int, float)) and not isinstance(cfg, bool) else None
+
+
+def _check_solver(spec: SamplerSpec, info: comfy_bridge.SamplingInfo, base: Any, guider: Any,
+                  schedule: core.NoiseSchedule, sigmas: torch.Tensor) -> None:
+    """Refuse (GASNodeError) or warn before sampling with a learned solver."""
+    solver = spec.solver
+    assert solver is not None
+    verdict = logic.compatibility(solver, spec.name, info, comfy_bridge.model_identity(base))
+    if verdict.error is not None:
+        raise logic.GASNodeError(verdict.error)
+    for message in verdict.warnings:
+        log.warning("[GAS] %s", message)
+    grid = logic.solver_grid(solver, schedule, solver.nfe)
+    problem = logic.sigmas_problem(sigmas.detach().cpu().tolist(), grid.tolist(), spec.name)
+    if problem is not None:
+        raise logic.GASNodeError(problem)
+    cfg_message = logic.cfg_warning(solver, spec.name, _guider_cfg(guider))
+    if cfg_message is not None:
+        log.warning("[GAS] %s", cfg_message)
+    if logic.is_tail(sigmas.detach().cpu().tolist(), grid.tolist()):
+        log.warning("[GAS] %s", logic.tail_message(spec.name, sigmas.numel() - 1, solver.nfe))
+
+
+def sample_gas_in_comfy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict[str, Any] | None = None,
+                        callback: Any = None, disable: bool | None = None, gas: SamplerSpec | None = None
+                        ) -> torch.Tensor:
+    """KSAMPLER sampler function: ``model`` is ComfyUI's ``KSamplerX0Inpaint`` around the guider. Inference only
+    (no autograd); the checks run before, so a refusal's traceback holds no torch frame."""
+    spec = gas if gas is not None else SamplerSpec(None)
+    guider = getattr(model, "inner_model", None)
+    base = getattr(guider, "inner_model", None)
+    if base is None or not hasattr(base, "model_sampling"):
+        raise logic.GASNodeError("the GAS sampler must be run by ComfyUI's samplers (SamplerCustom, "
+                                 "SamplerCustomAdvanced or GAS KSampler)")
+    info = comfy_bridge.describe_model_sampling(base.model_sampling)
+    schedule = logic.effective_schedule(spec.solver, info)
+    if spec.solver is not None:
+        _check_solver(spec, info, base, guider, schedule, sigmas)
+
+    extra = dict(extra_args or {})
+    override = None
+    if info.float_timesteps and schedule.has_time:
+        override = comfy_bridge.FloatTimestepOverride(schedule, label=f"GAS {spec.name}")
+        extra["model_options"] = override.install(extra.get("model_options"))
+    decoupled = comfy_bridge.decoupled_mode(info) if spec.solver is not None else "resigma"
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the core's own denoise < 1 warning; _check_solver logged it in plain words
+            warnings.filterwarnings("ignore", message=r"sigmas are the last", category=UserWarning)
+            return core.sample_gas(model, x, sigmas, extra, callback, disable, spec.solver, schedule=schedule,
+                                   decoupled=decoupled, timestep_hook=override.hook if override else None)
+    finally:
+        if override is not None:
+            override.finish()
