@@ -1,0 +1,309 @@
+"""A checkpoint loaded through ComfyUI's own model loading, as a :class:`~trainer.problem.DistillProblem`.
+
+``build_problem(args)`` finds ComfyUI (``--comfyui``, ``$COMFYUI_PATH``, or the folder two levels above this pack,
+i.e. ``ComfyUI/`` when the pack sits in ``ComfyUI/custom_nodes/``), imports it with its root first on ``sys.path``
+(ComfyUI's ``nodes.py`` must win over this pack's ``nodes/`` package), loads the checkpoint with
+``comfy.sd.load_checkpoint_guess_config`` (family detected by ComfyUI), encodes the prompts with the checkpoint's own
+text encoder and returns a differentiable CFG denoiser built from ComfyUI's sampling functions:
+
+    D(x, s) = sampling_function(model, x, s, uncond, cond, cfg)     (ComfyUI's CFG on denoised outputs)
+
+Discrete-schedule networks see the float timestep of each GAS time through :class:`gas.comfy_bridge
+.FloatTimestepOverride` (``decoupled="timestep"`` for eps-prediction, exact; ``"resigma"`` otherwise). Gradients flow:
+outside the node graph nothing in this path runs under ``no_grad``/``inference_mode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gas import comfy_bridge
+
+from .config import PACK_ROOT
+from .gits import comfyui_gits_sigmas
+from .problem import DistillProblem, ProblemError
+
+__all__ = ["build_problem", "file_sha256", "find_comfyui", "import_comfy", "resolve_checkpoint"]
+
+log = logging.getLogger("trainer")
+
+_MARKERS = ("main.py", "nodes.py", "folder_paths.py", "comfy/sd.py")
+#: (native width, default cfg) by ComfyUI model_config class name; other families fall back to (512, 7.5).
+_FAMILY_DEFAULTS: dict[str, tuple[int, float]] = {
+    "SD15": (512, 7.5), "SD20": (768, 7.5), "SD21UnclipL": (768, 7.5), "SD21UnclipH": (768, 7.5),
+    "SDXL": (1024, 7.0), "SDXLRefiner": (1024, 7.0), "SSD1B": (1024, 7.0), "Segmind_Vega": (1024, 7.0),
+    "KOALA_700M": (1024, 7.0), "KOALA_1B": (1024, 7.0), "SD3": (1024, 5.0), "Flux": (1024, 1.0),
+    "FluxSchnell": (1024, 1.0), "AuraFlow": (1024, 3.5),
+}
+#: Flux-dev style models take their (distilled) guidance as a conditioning value, not through CFG.
+_FLUX_GUIDANCE = 3.5
+
+
+def _is_comfyui(path: Path) -> bool:
+    return all((path / marker).is_file() for marker in _MARKERS)
+
+
+def find_comfyui(explicit: str | None) -> Path:
+    """ComfyUI's root: ``explicit`` (``--comfyui`` / ``$COMFYUI_PATH``) or the pack's grandparent."""
+    if explicit:
+        root = Path(explicit).expanduser().resolve()
+        if not _is_comfyui(root):
+            raise ProblemError(f"--comfyui/COMFYUI_PATH points to {root}, which is not a ComfyUI folder (no main.py, "
+                               "nodes.py and comfy/ there)")
+        return root
+    guess = PACK_ROOT.parent.parent
+    if _is_comfyui(guess):
+        return guess
+    raise ProblemError("ComfyUI was not found: run the trainer from ComfyUI/custom_nodes/<this pack>, or pass "
+                       "--comfyui PATH (or set COMFYUI_PATH)")
+
+
+def import_comfy(root: Path, device: str) -> dict[str, Any]:
+    """Import ComfyUI from ``root`` into this process (CPU mode for ``device == "cpu"``); returns its modules."""
+    root_str = str(root)
+    if root_str in sys.path:
+        sys.path.remove(root_str)
+    sys.path.insert(0, root_str)
+    ours = sys.modules.get("nodes")
+    if ours is not None and Path(getattr(ours, "__file__", "") or "").resolve().parent.parent == PACK_ROOT:
+        for key in [k for k in sys.modules if k == "nodes" or k.startswith("nodes.")]:
+            del sys.modules[key]  # this pack's nodes/ package, imported earlier: ComfyUI's nodes.py must win
+    try:
+        from comfy.cli_args import args as comfy_args
+
+        if torch.device(device).type == "cpu":
+            comfy_args.cpu = True  # before comfy.model_management is imported: no CUDA probing
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.sampler_helpers
+        import comfy.samplers
+        import comfy.sd
+        import folder_paths
+    except ImportError as exc:
+        raise ProblemError(f"ComfyUI at {root} cannot be imported in this Python environment ({exc}); run the "
+                           "trainer with ComfyUI's own Python") from None
+    return {"sd": comfy.sd, "samplers": comfy.samplers, "sampler_helpers": comfy.sampler_helpers,
+            "model_management": comfy.model_management, "model_patcher": comfy.model_patcher,
+            "folder_paths": folder_paths}
+
+
+def resolve_checkpoint(name_or_path: str, folder_paths: Any) -> Path:
+    """A checkpoint by path, or by name in ComfyUI's ``models/checkpoints`` (and extra paths)."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate.resolve()
+    found = folder_paths.get_full_path("checkpoints", name_or_path)
+    if found:
+        return Path(found)
+    raise ProblemError(f"checkpoint '{name_or_path}' was found neither as a file nor in ComfyUI's "
+                       "models/checkpoints folders")
+
+
+def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
+    """sha256 of a file's content, remembered per (path, size, mtime) in ``cache_dir`` (checkpoints are large)."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    memo = cache_dir / "file-hashes" / f"{key}.txt" if cache_dir is not None else None
+    if memo is not None and memo.is_file():
+        value = memo.read_text().strip()
+        if len(value) == 64:
+            return value
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    if memo is not None:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_suffix(".tmp")
+            tmp.write_text(value)
+            os.replace(tmp, memo)
+        except OSError:
+            pass
+    return value
+
+
+def _load(comfy: dict[str, Any], path: Path, dtype: str) -> tuple[Any, Any, Any]:
+    options: dict[str, Any] = {}
+    if dtype != "auto":
+        options["dtype"] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    try:
+        with torch.no_grad():  # some text encoders copy weights in place while loading
+            out = comfy["sd"].load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True,
+                                                           model_options=options)
+    except Exception as exc:  # safetensors/pickle errors, unknown layouts: ComfyUI raises many kinds
+        raise ProblemError(f"'{path.name}' is not a checkpoint ComfyUI can load ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else 'no details'})") from None
+    model, clip, vae = out[0], out[1], out[2]
+    if model is None:
+        raise ProblemError(f"'{path.name}' holds no diffusion model that ComfyUI recognises")
+    if clip is None:
+        raise ProblemError(f"'{path.name}' holds no text encoder; the trainer needs an all-in-one checkpoint")
+    return model, clip, vae
+
+
+def _pad_tokens(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Batch cross-attention contexts of different token counts by repeating each to the LCM (as ComfyUI does)."""
+    lengths = [t.shape[1] for t in tensors]
+    common = math.lcm(*lengths)
+    return torch.cat([t.repeat(1, common // t.shape[1], 1) for t in tensors])
+
+
+class PromptEncoder:
+    """Encodes prompts once with the checkpoint's text encoder; ``batch(prompts)`` gives batched conditioning."""
+
+    def __init__(self, clip: Any, extra: dict[str, Any]) -> None:
+        self.clip = clip
+        self.extra = extra
+        self.memo: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
+
+    def encode(self, prompt: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        if prompt not in self.memo:
+            with torch.no_grad():
+                cond, extras = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt), show_pbar=False)[0]
+            kept = {k: v for k, v in extras.items() if torch.is_tensor(v)}
+            self.memo[prompt] = (cond.detach(), kept)
+        return self.memo[prompt]
+
+    def batch(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        encoded = [self.encode(p) for p in prompts]
+        out = {"context": _pad_tokens([c for c, _ in encoded])}
+        for key in sorted(set.intersection(*(set(e) for _, e in encoded))):
+            out[f"extra_{key}"] = torch.cat([e[key] for _, e in encoded])
+        return out
+
+
+def build_problem(args: argparse.Namespace) -> DistillProblem:
+    """The :class:`DistillProblem` of ``args.ckpt`` loaded through ComfyUI (see the module docstring)."""
+    root = find_comfyui(args.comfyui)
+    comfy = import_comfy(root, args.device)
+    path = resolve_checkpoint(args.ckpt, comfy["folder_paths"])
+    log.info("loading %s through ComfyUI at %s", path.name, root)
+    patcher, clip, vae = _load(comfy, path, getattr(args, "dtype", "auto"))
+
+    info = comfy_bridge.describe_model_sampling(patcher.get_model_object("model_sampling"))
+    identity = comfy_bridge.model_identity(patcher)
+    family = identity.get("family") or "unknown"
+    if not info.learned_ok:
+        raise ProblemError(f"'{path.name}' is a {family} model ({info.description or info.kind}): {info.reason}")
+    native, default_cfg = _FAMILY_DEFAULTS.get(family, (512, 7.5))
+    cfg = float(args.cfg) if args.cfg is not None else default_cfg
+    width = int(args.width or native)
+    height = int(args.height or args.width or native)
+    base = patcher.model
+    downscale = int(vae.spacial_compression_encode()) if vae is not None else 8
+    if width % downscale or height % downscale or width <= 0 or height <= 0:
+        raise ProblemError(f"--width/--height must be positive multiples of {downscale} for this model, got "
+                           f"{width}x{height}")
+    channels = int(base.latent_format.latent_channels)
+    latent_shape = (channels, height // downscale, width // downscale)
+
+    device = torch.device(comfy["model_management"].get_torch_device())
+    base.requires_grad_(False)
+    comfy["model_management"].load_models_gpu([patcher], force_full_load=True)
+    patcher.pre_run()  # what CFGGuider.outer_sample does before sampling (sets the model's current patcher)
+
+    extra: dict[str, Any] = {}
+    if family.startswith("Flux") and family != "FluxSchnell":
+        extra["guidance"] = _FLUX_GUIDANCE
+    encoder = PromptEncoder(clip, extra)
+    prompts = args.prompt_set
+    negative = args.negative or ""
+
+    def conditions(indices: list[int]) -> dict[str, torch.Tensor]:
+        pos = encoder.batch([prompts.prompt(i) for i in indices])
+        neg = encoder.batch([negative] * len(indices))
+        out = {k: v.to(device) for k, v in pos.items()}
+        out.update({f"uncond_{k}": v.to(device) for k, v in neg.items()})
+        return out
+
+    schedule = info.schedule
+    override = comfy_bridge.FloatTimestepOverride(schedule, label="GAS trainer") if info.float_timesteps else None
+    model_options = comfy["model_patcher"].create_model_options_clone(patcher.model_options)
+    if override is not None:
+        model_options = override.install(model_options)
+    samplers, helpers = comfy["samplers"], comfy["sampler_helpers"]
+    next_time: list[torch.Tensor] = []  # the GAS time given by the solver's hook for the next call
+
+    def hook(t: torch.Tensor) -> None:
+        next_time[:] = [t]
+
+    def as_cond(context: torch.Tensor, extras: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        payload: dict[str, Any] = {k[len("extra_"):]: v for k, v in extras.items()}
+        payload.update(extra)
+        return helpers.convert_cond([[context, payload]])
+
+    def guided(x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        positive = as_cond(cond["context"], {k: v for k, v in cond.items() if k.startswith("extra_")})
+        negative_c = as_cond(cond["uncond_context"], {k[len("uncond_"):]: v for k, v in cond.items()
+                                                      if k.startswith("uncond_extra_")})
+        conds = samplers.process_conds(base, x, {"positive": positive, "negative": negative_c}, x.device)
+        return samplers.sampling_function(base, x, sigma, conds["negative"], conds["positive"], cfg,
+                                          model_options=model_options, seed=None)
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        """CFG denoiser; a discrete network sees the float timestep of the hook's time, else of ``sigma``."""
+        if override is None:
+            return guided(x, sigma, cond)
+        t = next_time.pop() if next_time else schedule.time_of_sigma(sigma.detach().to(torch.float64))
+        with override.at(t):
+            return guided(x, sigma, cond)
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        comfy["model_management"].load_models_gpu([vae.patcher])
+        z = base.process_latent_out(latents).to(vae.vae_dtype).to(vae.device)
+        images = vae.process_output(vae.first_stage_model.decode(z).float())  # [0, 1], differentiable
+        return images.to(latents.device) * 2.0 - 1.0
+
+    _, cache_dir, _ = _cache_paths(args)
+    identity.update({"file": path.name, "sha256": file_sha256(path, cache_dir), "cfg": cfg, "negative": negative,
+                     "prompts": prompts.digest(), "width": width, "height": height,
+                     "dtype": str(base.get_dtype()).replace("torch.", "")})
+    description = (f"{path.name} ({family}, {info.prediction}-prediction, {schedule.describe()}), {width}x{height}, "
+                   f"cfg {cfg:g}, prompts: {prompts.source}")
+    decoupled = comfy_bridge.decoupled_mode(info) if override is not None else "resigma"
+    return DistillProblem(
+        denoiser=denoiser, schedule=schedule, latent_shape=latent_shape, conditions=conditions, decode=decode,
+        decoupled=decoupled, timestep_hook=hook if override is not None else None, device=device,
+        dtype=torch.float32, identity=identity, name=args.output_name, cfg=cfg, description=description,
+        gits_sigmas=_gits_sigmas(family, root), extra_metadata={"checkpoint": path.name},
+    )
+
+
+def _cache_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    out = Path(args.out) if getattr(args, "out", None) else PACK_ROOT / "models" / "gas_solvers"
+    cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else PACK_ROOT / "gas_cache"
+    runs = Path(args.run_dir) if getattr(args, "run_dir", None) else PACK_ROOT / "runs"
+    return out, cache, runs
+
+
+def _gits_sigmas(family: str, root: Path) -> Callable[[int], list[float]] | None:
+    """ComfyUI's published GITS tables (SD1.x discrete schedule only) as the ``ipndm-gits`` teacher's grids."""
+    if family != "SD15":
+        return None
+
+    def sigmas(steps: int) -> list[float]:
+        table = comfyui_gits_sigmas(root, steps)
+        if table is None:
+            raise ProblemError(f"ComfyUI's GITS table has no {steps}-step schedule")
+        return table
+
+    return sigmas
+
+
+def describe(problem: DistillProblem) -> str:
+    """One-line JSON of what was loaded (for logs and tests)."""
+    return json.dumps({"latent_shape": list(problem.latent_shape), "identity": problem.identity,
+                       "decoupled": problem.decoupled})
