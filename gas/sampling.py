@@ -111,10 +111,12 @@ def build_plan(
         return SolverPlan(grid, x_coef, m_coef, grid[:-1], shifted, ones, torch.zeros_like(ones), ones)
     t_call = sched.clamp_time(shifted)
     s_call = sched.sigma_of_time(t_call)
-    # exactly the state sigma where there is no shift (keeps an untrained solver bit-identical to 3M)
-    no_shift = solver.t_couple.detach().to(grid.device) == 0
-    s_call = torch.where(no_shift, grid[:-1], s_call)
-    t_call = torch.where(no_shift, times[:-1], t_call)
+    if not (torch.is_grad_enabled() and solver.t_couple.requires_grad):
+        # exactly the state sigma where there is no shift (keeps an untrained solver bit-identical to 3M); when
+        # training, the re-sigma formula stays in the graph even at a zero shift so that t_couple gets its gradient
+        no_shift = solver.t_couple.detach().to(grid.device) == 0
+        s_call = torch.where(no_shift, grid[:-1], s_call)
+        t_call = torch.where(no_shift, times[:-1], t_call)
     s_k = grid[:-1]
     rho_k, rho_c = sched.rho(s_k), sched.rho(s_call)
     sig_k, sig_c = sched.sigma_dpm(s_k), sched.sigma_dpm(s_call)
@@ -226,8 +228,11 @@ def _integrate(
             steps = trange(n, disable=disable)
         except ImportError:
             pass
-    shifted_calls = [bool(sc != 1.0 or ox != 0.0) for sc, ox in zip(plan.input_scale.tolist(), plan.out_x.tolist(),
-                                                                       strict=True)]
+    if differentiable and plan.out_x.requires_grad:  # keep the re-sigma terms in the graph, even where they are 1, 0
+        shifted_calls = [True] * n
+    else:
+        shifted_calls = [bool(sc != 1.0 or ox != 0.0)
+                         for sc, ox in zip(plan.input_scale.tolist(), plan.out_x.tolist(), strict=True)]
     for k in steps:
         xk = xs[k]
         shifted = shifted_calls[k]

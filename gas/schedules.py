@@ -262,7 +262,7 @@ class FlowSchedule(NoiseSchedule):
     def sigma_of_time(self, t: torch.Tensor) -> torch.Tensor:
         """``warp(U_MAX*t)`` for ``t <= 1``; beyond 1 (a shifted first network time) lambda continues linearly in t,
         so the sigma stays below 1 and the map stays differentiable."""
-        inside = self._warp(FLOW_U_MAX * torch.clamp(t, max=1.0))
+        inside = self._warp(FLOW_U_MAX * torch.where(t > 1.0, torch.ones_like(t), t))  # full gradient at t = 1
         if not bool((t > 1.0).any()):
             return inside
         a = self.shift

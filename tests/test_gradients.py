@@ -104,6 +104,19 @@ def test_timestep_route_passes_gradient_through_the_hook():
     assert (solver.t_couple.grad != 0).all()
 
 
+@pytest.mark.parametrize("schedule,model_cls", CASES, ids=["sd-discrete", "flow"])
+def test_zero_initialised_solver_gets_gradient_everywhere(schedule, model_cls):
+    """At initialisation (t_couple and corrections exactly 0) every read parameter still gets a gradient, and the
+    output equals the untrained 3M output (the re-sigma terms are exact identities there)."""
+    solver = gas.GeneralizedSolver(4, schedule=schedule, dtype=torch.float64)
+    value = objective(solver, schedule, model_cls)
+    value.backward()
+    assert (solver.t_couple.grad != 0).all()
+    assert (solver.a.grad[solver.used_mask()] != 0).all() and (solver.c.grad[solver.used_mask()] != 0).all()
+    with torch.no_grad():
+        assert torch.allclose(objective(solver, schedule, model_cls), value, rtol=1e-12, atol=0)
+
+
 def test_inference_builds_no_graph():
     schedule = gas.DiscreteVPSchedule.sd_linear()
     solver = random_solver(4, schedule)
