@@ -1,0 +1,281 @@
+"""``python -m trainer``: distil a GS/GAS solver for a checkpoint (through ComfyUI) or run the built-in demo.
+
+    python -m trainer --demo                              # no ComfyUI, no checkpoint: the analytic demo (CPU)
+    python -m trainer --ckpt sd15.safetensors --nfe 4     # from ComfyUI/custom_nodes/<this pack>/
+
+``--ckpt`` hands the parsed options to ``trainer.comfy_adapter.build_problem(args) -> DistillProblem`` (imported
+only then, so ``--help`` and ``--demo`` never import ComfyUI). What that function receives: the argparse namespace
+below, with ``args.comfyui`` = ``--comfyui`` or ``$COMFYUI_PATH`` or None (then the pack's grandparent is the
+natural guess), ``args.device`` resolved to a torch device string, ``args.prompt_set`` (a
+:class:`trainer.prompts.PromptSet` from ``--prompts`` or the built-in list) and ``args.output_name``; ``args.cfg``,
+``args.width``, ``args.height`` are None when the family default applies. It raises
+:class:`trainer.problem.ProblemError` (one sentence) for a missing checkpoint, a file that is not a model, or a
+family it cannot handle.
+
+Exit status: 0 done, 2 bad input (one sentence on stderr), 3 training diverged (NaN/inf), 130 interrupted (state
+saved; ``--resume`` continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import DEFAULT_TEACHER_STEPS, DISC_PRESETS, PACK_ROOT, DistillConfig
+from .errors import ConfigError, OutputError, TrainerError
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+log = logging.getLogger("trainer")
+
+_D = DistillConfig()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help text already states its default, or the option is a flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every option documented with its default)."""
+    from .demo import DEMO_CFG, DEMO_DEFAULTS
+
+    def demo(key: str) -> str:
+        differs = key in DEMO_DEFAULTS and DEMO_DEFAULTS[key] != getattr(_D, key)
+        return f"; {DEMO_DEFAULTS[key]} with --demo" if differs else ""
+
+    p = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Distil a few-step GS/GAS solver from a many-step teacher (Generalized Adversarial Solver, "
+                    "ICLR 2026). Writes <out>/<name>-nfe<N>-<mode>.safetensors, loadable by the GAS nodes, plus a "
+                    "report (.md) and an image grid (.png).",
+        formatter_class=_HelpFormatter,
+    )
+    what = p.add_argument_group("what to distil")
+    src = what.add_mutually_exclusive_group()
+    src.add_argument("--ckpt", metavar="NAME_OR_PATH", default=None,
+                     help="checkpoint file name in ComfyUI's models/checkpoints, or a path; the family is detected "
+                          "by ComfyUI")
+    src.add_argument("--demo", action="store_true",
+                     help="built-in analytic teacher (conditional Gaussian mixture with CFG): no ComfyUI, no "
+                          "checkpoint; trains GS and GAS and prints the comparison table")
+    what.add_argument("--comfyui", metavar="PATH", default=os.environ.get("COMFYUI_PATH"),
+                      help="ComfyUI folder (default: $COMFYUI_PATH, else the folder two levels above this pack)")
+    what.add_argument("--nfe", type=int, default=_D.nfe, help="network evaluations (steps) of the learned solver")
+    what.add_argument("--mode", choices=("gs", "gas"), default=None,
+                      help="gs: distillation loss only; gas: plus the adversarial loss (default: gas; both with "
+                           "--demo)")
+    cond = p.add_argument_group("conditioning")
+    cond.add_argument("--prompts", metavar="FILE", default=None,
+                      help="prompts file, one per line (default: the built-in list of varied prompts; the last "
+                           "sixth of a file with >= 12 prompts is held out for evaluation)")
+    cond.add_argument("--negative", metavar="TEXT", default="",
+                      help="negative prompt (default: empty, as in the paper)")
+    cond.add_argument("--cfg", type=float, default=None,
+                      help=f"classifier-free guidance scale (default: the family's, 7.5 for SD1.x; {DEMO_CFG:g} "
+                           "with --demo)")
+    cond.add_argument("--width", type=int, default=None, help="image width in pixels (default: the family's native, "
+                                                              "512 for SD1.x)")
+    cond.add_argument("--height", type=int, default=None, help="image height in pixels (default: as --width)")
+    cond.add_argument("--seed", type=int, default=_D.seed,
+                      help="seed: teacher noise of sample i is seed+i; data order and discriminator derive from it")
+    data = p.add_argument_group("data and optimisation (paper defaults)")
+    data.add_argument("--train-size", type=int, default=None,
+                      help=f"teacher samples for training (default: {_D.train_size}{demo('train_size')})")
+    data.add_argument("--val-size", type=int, default=None,
+                      help=f"held-out samples for evaluation (default: {_D.val_size}{demo('val_size')})")
+    data.add_argument("--batch", type=int, default=_D.batch, help="batch size")
+    data.add_argument("--iters", type=int, default=None,
+                      help=f"training iterations (default: {_D.iters}{demo('iters')})")
+    data.add_argument("--lr", type=float, default=_D.lr, help="Adam learning rate of the solver")
+    data.add_argument("--grad-clip", type=float, default=_D.grad_clip, help="gradient-norm clip (0 = off)")
+    data.add_argument("--ema", type=float, default=_D.ema, help="EMA decay of the solver parameters")
+    data.add_argument("--loss", choices=("l1", "lpips"), default=_D.loss,
+                      help="distillation loss: L1 on latents, or LPIPS-VGG on decoded images (needs the VGG weights)")
+    adv = p.add_argument_group("adversarial (--mode gas)")
+    adv.add_argument("--disc-lr", type=float, default=None,
+                     help=f"Adam learning rate of the discriminator (default: {_D.disc_lr:g}{demo('disc_lr')})")
+    adv.add_argument("--disc-weight", type=float, default=None,
+                     help=f"weight of the adversarial loss (default: {_D.disc_weight:g}{demo('disc_weight')})")
+    adv.add_argument("--r1-gamma", type=float, default=_D.r1_gamma, help="gamma of the R1 + R2 penalties")
+    adv.add_argument("--disc-size", choices=tuple(DISC_PRESETS), default=None,
+                     help=f"discriminator size: paper = R3GAN latent (22.4 M parameters at 4x64x64), small = for "
+                          f"tests and demos (default: {_D.disc_preset}{demo('disc_preset')})")
+    tea = p.add_argument_group("teacher")
+    tea.add_argument("--teacher", choices=("dpmpp3m", "ipndm-gits"), default=_D.teacher,
+                     help="dpmpp3m: DPM-Solver++(3M) with many steps (converged); ipndm-gits: the paper's SD teacher, "
+                          "iPNDM on GITS sigmas with NFE n+1")
+    tea.add_argument("--teacher-steps", type=int, default=None,
+                     help=f"teacher steps (default: {DEFAULT_TEACHER_STEPS} for dpmpp3m, NFE+1 for ipndm-gits)")
+    tea.add_argument("--teacher-order", type=int, default=_D.teacher_order, choices=(1, 2, 3, 4),
+                     help="iPNDM order of the ipndm-gits teacher")
+    tea.add_argument("--teacher-batch", type=int, default=_D.teacher_batch, help="samples per teacher batch")
+    tea.add_argument("--cache-dir", metavar="DIR", default=None,
+                     help=f"teacher cache (default: {PACK_ROOT / 'gas_cache'})")
+    out = p.add_argument_group("output, checkpoints, logs")
+    out.add_argument("--out", metavar="DIR", default=None,
+                     help=f"folder of the solver file and report (default: {PACK_ROOT / 'models' / 'gas_solvers'})")
+    out.add_argument("--name", default=None,
+                     help="output name: <name>-nfe<N>-<mode>.safetensors (default: the checkpoint's file name; "
+                          "'demo' with --demo)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an existing solver file and start over an unfinished run")
+    out.add_argument("--resume", action="store_true",
+                     help="continue the unfinished run of this output from its last training checkpoint")
+    out.add_argument("--run-dir", metavar="DIR", default=None,
+                     help=f"training state and logs (default: {PACK_ROOT / 'runs'})")
+    out.add_argument("--ckpt-every", type=int, default=None,
+                     help=f"iterations between training checkpoints (default: {_D.ckpt_every}{demo('ckpt_every')})")
+    out.add_argument("--eval-every", type=int, default=None,
+                     help=f"iterations between held-out evaluations (default: {_D.eval_every}{demo('eval_every')})")
+    out.add_argument("--log-every", type=int, default=None,
+                     help=f"iterations between log lines (default: {_D.log_every}{demo('log_every')})")
+    out.add_argument("--csv", action="store_true", help="write a CSV log to <run dir>/<output>/log.csv")
+    out.add_argument("--tensorboard", action="store_true", help="write TensorBoard events (needs tensorboard)")
+    out.add_argument("--no-report", action="store_true", help="skip the markdown report and the image grid")
+    out.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    comp = p.add_argument_group("compute")
+    comp.add_argument("--device", default="auto", help="torch device: auto = cuda if available, else cpu")
+    comp.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                      help="model weight dtype (auto: the loader's choice for the device)")
+    comp.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=_D.amp,
+                      help="autocast of the model calls on CUDA (auto: bf16 where supported, else fp16)")
+    comp.add_argument("--no-grad-checkpoint", action="store_true",
+                      help="keep every model call's activations instead of recomputing them (faster, memory grows "
+                           "with NFE)")
+    return p
+
+
+def _resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> DistillConfig:
+    """The :class:`DistillConfig` of parsed options (``demo``: the demo's defaults where an option was not given)."""
+    from .demo import DEMO_DEFAULTS
+
+    base: dict[str, Any] = dict(DEMO_DEFAULTS) if demo else {}
+
+    def pick(value: Any, key: str) -> Any:
+        if value is not None:
+            return value
+        return base.get(key, getattr(_D, key))
+
+    return DistillConfig(
+        nfe=args.nfe, mode=args.mode or "gas", seed=args.seed,
+        train_size=pick(args.train_size, "train_size"), val_size=pick(args.val_size, "val_size"),
+        batch=args.batch, iters=pick(args.iters, "iters"), lr=args.lr, grad_clip=args.grad_clip, ema=args.ema,
+        loss=args.loss, disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
+        r1_gamma=args.r1_gamma, disc_preset=pick(args.disc_size, "disc_preset"), teacher=args.teacher,
+        teacher_steps=args.teacher_steps, teacher_order=args.teacher_order, teacher_batch=args.teacher_batch,
+        grad_checkpoint=not args.no_grad_checkpoint, amp=args.amp, out_dir=args.out, cache_dir=args.cache_dir,
+        run_dir=args.run_dir, name=args.name, overwrite=args.overwrite, resume=args.resume,
+        ckpt_every=pick(args.ckpt_every, "ckpt_every"), eval_every=pick(args.eval_every, "eval_every"),
+        log_every=pick(args.log_every, "log_every"), csv=args.csv, tensorboard=args.tensorboard,
+        report=not args.no_report,
+    )
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break tqdm bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = self.format(record)
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
+        except ImportError:
+            print(msg, file=sys.stderr)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("trainer")
+    logger.handlers.clear()
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _precheck_output(config: DistillConfig, name: str, *, demo_resume: bool = False) -> None:
+    """Cheap checks before any model is loaded: NFE etc. (validate), output folder writable, no silent overwrite."""
+    from .distill import _check_writable
+
+    config.validate()
+    out_dir, _, _ = config.paths()
+    _check_writable(out_dir, "output folder")
+    target = out_dir / f"{config.name or name}-nfe{config.nfe}-{config.mode}.safetensors"
+    if target.exists() and not config.overwrite and not (demo_resume and config.resume):
+        raise OutputError(f"{target} already exists: pass --overwrite to replace it, or --name to pick another name")
+
+
+def _run_checkpoint(args: argparse.Namespace) -> int:
+    from .distill import distill
+    from .prompts import load_prompts
+
+    config = config_from_args(args)
+    name = args.name or Path(args.ckpt).stem
+    config.name = name
+    _precheck_output(config, name)
+    args.device = _resolve_device(args.device)
+    args.prompt_set = load_prompts(args.prompts)
+    args.output_name = name
+    try:
+        from .comfy_adapter import build_problem
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.endswith("comfy_adapter"):
+            raise ConfigError("this copy of the pack has no ComfyUI adapter (trainer/comfy_adapter.py), so --ckpt "
+                              "cannot load checkpoints; try --demo") from None
+        raise
+    problem = build_problem(args)
+    if args.prompts:
+        problem.extra_metadata.setdefault("prompts", Path(args.prompts).name)
+    distill(problem, config, progress=not args.quiet)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m trainer``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet)
+    if not args.demo and not args.ckpt:
+        parser.print_usage(sys.stderr)
+        print("error: give --ckpt NAME_OR_PATH (a checkpoint) or --demo (the built-in demo)", file=sys.stderr)
+        return 2
+    try:
+        if args.demo:
+            from .demo import run_demo
+
+            config = config_from_args(args, demo=True)
+            modes = [args.mode] if args.mode else ["gs", "gas"]
+            config.name = config.name or "demo"
+            for mode in modes:
+                config.mode = mode
+                _precheck_output(config, config.name, demo_resume=True)
+            run_demo(config, modes, device=_resolve_device(args.device), cfg=args.cfg, progress=not args.quiet)
+            return 0
+        return _run_checkpoint(args)
+    except TrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished teacher shards and the last training checkpoint are kept; run the same command "
+              "with --resume to continue", file=sys.stderr)
+        return 130

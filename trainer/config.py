@@ -1,0 +1,178 @@
+"""Every training option, with its default and a one-line meaning: :class:`DistillConfig`.
+
+Defaults follow the GAS paper's Stable Diffusion recipe (GAS_SPEC.md section 7): Adam lr 1e-3, gradient clip 1,
+EMA 0.999, batch 4, 2000 iterations, 1400 training and 128 held-out samples, seed 42; GAS adds a discriminator on
+latents with Adam lr 1e-5, R1/R2 gamma 0.2 and adversarial weight 1. The CLI builds a config from its options and
+``trainer.distill`` takes one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gas import MAX_NFE, MIN_NFE
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "MODES", "PACK_ROOT", "TEACHERS", "DistillConfig"]
+
+#: The pack folder (the repository root): default outputs live below it.
+PACK_ROOT = Path(__file__).resolve().parents[1]
+#: Steps of the default teacher, DPM-Solver++(3M) on a log-SNR-uniform grid (README: "Choosing the teacher").
+DEFAULT_TEACHER_STEPS = 64
+MODES = ("gs", "gas")
+LOSSES = ("l1", "lpips")
+TEACHERS = ("dpmpp3m", "ipndm-gits")
+TEACHER_GRIDS = ("logsnr", "time")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+#: Discriminator widths / groups per stage (stages are added or dropped to fit the latent size).
+DISC_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "paper": ((384, 768, 768, 768, 768), (48, 96, 96, 96, 96)),
+    "small": ((32, 64, 64, 64, 64), (4, 8, 8, 8, 8)),
+}
+
+
+@dataclass
+class DistillConfig:
+    """Options of one distillation run (see the field comments; the CLI's ``--help`` shows the same)."""
+
+    # ----- what is learned ---------------------------------------------------------------------------------------
+    nfe: int = 4  #: network evaluations of the learned solver (its number of steps)
+    mode: str = "gas"  #: "gs": distillation loss only; "gas": plus the adversarial loss
+    t_eps: float = 1e-3  #: final GAS time; the solver and the teacher stop at sigma(t_eps) (SD: sigma 0.0292)
+    # ----- data --------------------------------------------------------------------------------------------------
+    seed: int = 42  #: seed of the teacher noise (sample i uses seed + i), the data order and the discriminator
+    train_size: int = 1400  #: teacher samples used for training (indices 0..train_size-1)
+    val_size: int = 128  #: held-out teacher samples for evaluation (own seeds and, where the adapter has them, prompts)
+    # ----- optimisation ------------------------------------------------------------------------------------------
+    batch: int = 4  #: samples per iteration
+    iters: int = 2000  #: training iterations
+    lr: float = 1e-3  #: Adam learning rate of the solver parameters
+    grad_clip: float = 1.0  #: gradient-norm clip of the solver parameters (0 = off)
+    ema: float = 0.999  #: EMA decay of the solver parameters (warm-up min(decay, (1+n)/(10+n)))
+    loss: str = "l1"  #: distillation loss: "l1" on latents, or "lpips" (VGG) on decoded images
+    # ----- adversarial (mode "gas") ------------------------------------------------------------------------------
+    disc_lr: float = 1e-5  #: Adam learning rate of the discriminator
+    disc_weight: float = 1.0  #: weight of the adversarial loss in the solver's loss
+    r1_gamma: float = 0.2  #: weight gamma of the R1 + R2 gradient penalties (applied as gamma/2)
+    disc_preset: str = "paper"  #: discriminator size: "paper" (R3GAN latent, 22 M params at 4x64x64) or "small"
+    disc_widths: tuple[int, ...] | None = None  #: override the preset's per-stage widths
+    disc_groups: tuple[int, ...] | None = None  #: override the preset's per-stage group counts
+    disc_blocks: int = 2  #: residual blocks per discriminator stage
+    # ----- teacher -----------------------------------------------------------------------------------------------
+    teacher: str = "dpmpp3m"  #: "dpmpp3m" (many-step DPM-Solver++(3M)) or "ipndm-gits" (the paper's SD teacher)
+    teacher_steps: int | None = None  #: teacher steps (default: 64 for dpmpp3m, nfe+1 for ipndm-gits)
+    teacher_grid: str = "logsnr"  #: sigma grid of the dpmpp3m teacher: uniform in "logsnr" or in GAS "time"
+    teacher_order: int = 2  #: iPNDM order of the ipndm-gits teacher (2 as in the paper, up to 4)
+    teacher_batch: int = 16  #: samples per teacher batch
+    # ----- compute -----------------------------------------------------------------------------------------------
+    grad_checkpoint: bool = True  #: recompute each model call in the backward pass (memory flat in NFE)
+    amp: str = "auto"  #: autocast of the model calls: "auto" (bf16/fp16 on CUDA, off on CPU), "off", "bf16", "fp16"
+    eval_batch: int = 16  #: samples per batch in evaluation
+    # ----- files -------------------------------------------------------------------------------------------------
+    out_dir: str | None = None  #: solver/report folder (default: <pack>/models/gas_solvers)
+    cache_dir: str | None = None  #: teacher cache folder (default: <pack>/gas_cache)
+    run_dir: str | None = None  #: training state and logs folder (default: <pack>/runs)
+    name: str | None = None  #: output name (default: the model's name); file <name>-nfe<N>-<mode>.safetensors
+    overwrite: bool = False  #: replace an existing solver file / start over an unfinished run
+    resume: bool = False  #: continue the unfinished run of this output from its last training checkpoint
+    ckpt_every: int = 100  #: iterations between training checkpoints (a crash loses at most this many)
+    eval_every: int = 500  #: iterations between held-out evaluations of the EMA solver (also at iteration 1)
+    log_every: int = 100  #: iterations between log lines
+    csv: bool = False  #: write a CSV log (<run dir>/log.csv)
+    tensorboard: bool = False  #: write TensorBoard events (<run dir>/tb; needs the tensorboard package)
+    report: bool = True  #: write the markdown report and the PNG grid next to the solver
+    grid_samples: int = 8  #: held-out samples shown in the report's image grid
+    extra_metadata: dict[str, Any] = field(default_factory=dict)  #: added to the solver file's metadata
+
+    # ----- derived -----------------------------------------------------------------------------------------------
+    @property
+    def resolved_teacher_steps(self) -> int:
+        """Teacher steps after defaults: 64 for dpmpp3m, NFE + 1 for ipndm-gits."""
+        if self.teacher_steps is not None:
+            return self.teacher_steps
+        return DEFAULT_TEACHER_STEPS if self.teacher == "dpmpp3m" else self.nfe + 1
+
+    def disc_architecture(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Discriminator (widths, groups) after the preset and the overrides."""
+        widths, groups = DISC_PRESETS[self.disc_preset]
+        return tuple(self.disc_widths or widths), tuple(self.disc_groups or groups)
+
+    def paths(self) -> tuple[Path, Path, Path]:
+        """``(out_dir, cache_dir, run_dir)`` with the pack defaults filled in."""
+        out = Path(self.out_dir) if self.out_dir else PACK_ROOT / "models" / "gas_solvers"
+        cache = Path(self.cache_dir) if self.cache_dir else PACK_ROOT / "gas_cache"
+        runs = Path(self.run_dir) if self.run_dir else PACK_ROOT / "runs"
+        return out.expanduser(), cache.expanduser(), runs.expanduser()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able copy (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+        return cls(**kwargs)
+
+    # ----- validation --------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`~trainer.errors.ConfigError` (one sentence) on the first value that cannot work."""
+
+        def need(cond: bool, message: str) -> None:
+            if not cond:
+                raise ConfigError(message)
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(is_int(self.nfe) and MIN_NFE <= self.nfe <= MAX_NFE,
+             f"--nfe must be an integer from {MIN_NFE} to {MAX_NFE}, got {self.nfe!r}")
+        need(self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        need(self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        need(self.teacher in TEACHERS, f"--teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
+        need(self.teacher_grid in TEACHER_GRIDS, f"teacher_grid must be one of {TEACHER_GRIDS}")
+        need(self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        need(self.disc_preset in DISC_PRESETS, f"disc_preset must be one of {', '.join(DISC_PRESETS)}")
+        need(is_num(self.t_eps) and 0 < self.t_eps < 1, f"t_eps must lie strictly between 0 and 1, got {self.t_eps!r}")
+        need(is_int(self.seed) and self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("train_size", "val_size", "batch", "iters", "teacher_batch", "eval_batch", "ckpt_every",
+                     "eval_every", "log_every", "disc_blocks"):
+            value = getattr(self, name)
+            need(is_int(value) and value >= 1, f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        need(self.batch <= self.train_size,
+             f"--batch ({self.batch}) cannot be larger than --train-size ({self.train_size})")
+        need(is_int(self.grid_samples) and self.grid_samples >= 0, "grid_samples must be a non-negative integer")
+        if self.teacher_steps is not None:
+            need(is_int(self.teacher_steps) and 1 <= self.teacher_steps <= 10000,
+                 f"--teacher-steps must be an integer from 1 to 10000, got {self.teacher_steps!r}")
+        need(self.teacher_order in (1, 2, 3, 4), f"--teacher-order must be 1..4, got {self.teacher_order!r}")
+        for name in ("lr", "disc_lr"):
+            value = getattr(self, name)
+            need(is_num(value) and value > 0, f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+        for name in ("grad_clip", "disc_weight", "r1_gamma"):
+            value = getattr(self, name)
+            need(is_num(value) and value >= 0, f"--{name.replace('_', '-')} must be a number >= 0, got {value!r}")
+        need(is_num(self.ema) and 0 <= self.ema < 1, f"--ema must lie in [0, 1), got {self.ema!r}")
+        widths, groups = self.disc_architecture()
+        need(len(widths) >= 1 and len(widths) == len(groups),
+             "the discriminator needs as many group counts as widths")
+        for w, g in zip(widths, groups, strict=True):
+            need(is_int(w) and is_int(g) and w > 0 and g > 0 and (2 * w) % g == 0,
+                 f"discriminator width {w} must be a positive integer whose expansion {2 * w} is divisible by "
+                 f"its group count {g}")
+        if self.name is not None:
+            need(bool(self.name) and not any(ch in self.name for ch in '/\\:*?"<>|'),
+                 f"--name {self.name!r} cannot be part of a file name")

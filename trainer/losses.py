@@ -1,0 +1,106 @@
+"""Losses of GS/GAS training (GAS_SPEC.md section 7.2); every function returns per-sample values ``[B]``.
+
+* distillation: ``l1_latents = mean |student - teacher|`` over a sample's latent entries; ``lpips`` = LPIPS-VGG
+  between the decoded images, resized bilinearly to 224x224 and clipped to [-1, 1].
+* discriminator (relativistic pairing, R3GAN): ``softplus(D(fake) - D(real)) + gamma/2 (R1 + R2)`` with
+  ``R1 = |grad_real D(real)|^2`` and ``R2 = |grad_fake D(fake)|^2`` (summed over the sample, ``create_graph`` so the
+  penalties are trained).
+* solver (generator): ``softplus(D(real) - D(fake))`` with gradients through ``D`` into the fake latents only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import LPIPSUnavailableError
+
+__all__ = [
+    "discriminator_loss",
+    "generator_adversarial_loss",
+    "l1_latents",
+    "load_lpips",
+    "lpips_images",
+    "lpips_weights_cached",
+]
+
+#: torchvision's file name of the VGG16 ImageNet weights that LPIPS-VGG builds on.
+VGG16_FILE = "vgg16-397923af.pth"
+
+
+def l1_latents(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference per sample."""
+    return (student.float() - teacher.float()).abs().flatten(1).mean(1)
+
+
+def _to_lpips_input(images: torch.Tensor) -> torch.Tensor:
+    images = images.float()
+    if images.shape[-2:] != (224, 224):
+        images = F.interpolate(images, size=(224, 224), mode="bilinear", align_corners=False)
+    return images.clamp(-1.0, 1.0)
+
+
+def lpips_images(model: nn.Module, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """LPIPS per sample between two image batches in ``[-1, 1]`` (``[B, 3, H, W]``)."""
+    return model(_to_lpips_input(student), _to_lpips_input(teacher)).flatten(1).mean(1)
+
+
+def lpips_weights_cached() -> bool:
+    """Whether torchvision's VGG16 weights (LPIPS-VGG's backbone) are in the torch hub cache (no download needed)."""
+    return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILE))
+
+
+def load_lpips(device: torch.device | str = "cpu") -> nn.Module:
+    """LPIPS-VGG (frozen, eval mode), or :class:`~trainer.errors.LPIPSUnavailableError` with one clear sentence."""
+    try:
+        import lpips
+    except ImportError:
+        raise LPIPSUnavailableError("the LPIPS loss needs the 'lpips' package: pip install lpips") from None
+    cached = lpips_weights_cached()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = lpips.LPIPS(net="vgg", verbose=False)
+    except Exception as exc:  # URLError, HTTPError, OSError, RuntimeError from a truncated file, ...
+        where = os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILE)
+        if cached:
+            raise LPIPSUnavailableError(f"the LPIPS weights at {where} could not be loaded ({type(exc).__name__}); "
+                                        "delete the file so it is downloaded again, or use --loss l1") from None
+        raise LPIPSUnavailableError(
+            f"the LPIPS loss needs torchvision's VGG16 weights, which are not in {where} and could not be downloaded "
+            f"({type(exc).__name__}): connect to the internet once, copy the file there, or use --loss l1") from None
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+def discriminator_loss(disc: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                       gamma: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-sample relativistic discriminator loss with R1/R2, and its parts (detached) for logging."""
+    real = real.detach().float().requires_grad_(True)
+    fake = fake.detach().float().requires_grad_(True)
+    d_real, d_fake = disc(real), disc(fake)
+    adv = F.softplus(d_fake - d_real)
+    if gamma > 0:
+        g_real, g_fake = torch.autograd.grad((d_real.sum(), d_fake.sum()), (real, fake), create_graph=True)
+        r1 = g_real.square().flatten(1).sum(1)
+        r2 = g_fake.square().flatten(1).sum(1)
+        loss = adv + (gamma / 2.0) * (r1 + r2)
+    else:
+        r1 = r2 = torch.zeros_like(adv)
+        loss = adv
+    parts = {"d_adv": adv.detach(), "r1": r1.detach(), "r2": r2.detach(),
+             "d_real": d_real.detach(), "d_fake": d_fake.detach()}
+    return loss, parts
+
+
+def generator_adversarial_loss(disc: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                               fake: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``softplus(D(real) - D(fake))``; keep the discriminator's parameters frozen around this call."""
+    with torch.no_grad():
+        d_real = disc(real.float())
+    return F.softplus(d_real - disc(fake.float()))

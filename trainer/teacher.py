@@ -1,0 +1,322 @@
+"""Teacher trajectories and their on-disk cache.
+
+The teacher integrates the same ODE as the student, from the same start and to the same end, with many more steps:
+
+* start: sample ``i``'s unit noise is ``randn(latent_shape, generator=Generator().manual_seed(seed + i))`` (CPU,
+  float32), and the state is ``schedule.initial_state(noise, s_0)`` with ``s_0 = schedule.sigma_of_time(1)``, the
+  first sigma of every solver grid;
+* end: ``s_N = schedule.sigma_of_time(t_eps)``, the state there, with no final denoise (GAS compares states at
+  ``s_N``).
+
+Teachers: ``dpmpp3m`` = DPM-Solver++(3M) (``gas.sample_gas(solver=None)``) on a grid uniform in log-SNR (default, 64
+steps; see the README for the convergence measurement) or in GAS time; ``ipndm-gits`` = iPNDM (order 2 by default)
+on GITS sigmas with NFE ``n + 1`` (the paper's SD teacher; :mod:`trainer.gits`).
+
+Generation is a pure function of a list of sample indices (:func:`run_teacher` on :func:`sample_noise`), so several
+processes can split the indices. :class:`TeacherCache` stores the results in shards of 64 consecutive indices
+(``shard-<k>.safetensors`` holding ``indices``, ``noise``, ``latents``, with a sha256 of the tensors in the metadata),
+written to a temporary file and renamed into place, in a folder named after a sha256 of the model identity and the
+teacher settings; a damaged shard is reported, deleted and regenerated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gas import sample_gas
+
+from .baselines import ipndm
+from .config import DistillConfig
+from .errors import TeacherCacheError
+from .gits import logsnr_grid, search_gits_sigmas
+from .problem import DistillProblem
+
+__all__ = [
+    "SHARD_SIZE",
+    "TeacherCache",
+    "TeacherSpec",
+    "derive_seed",
+    "end_sigmas",
+    "make_teacher_spec",
+    "run_teacher",
+    "sample_noise",
+]
+
+log = logging.getLogger("trainer")
+
+SHARD_SIZE = 64
+_SHARD_FORMAT = "gas-teacher-shard"
+_SHARD_VERSION = 1
+#: Warm-up samples of the GITS-style grid search (taken from the training indices).
+GITS_WARMUP = 16
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed derived from ``seed`` and a purpose (e.g. ``("order", epoch)``), stable across runs/platforms."""
+    text = json.dumps([seed, *[str(p) for p in parts]])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_noise(indices: Sequence[int], shape: Sequence[int], seed: int) -> torch.Tensor:
+    """Unit noise of the given sample indices, ``[n, *shape]`` float32 on CPU (sample ``i`` uses ``seed + i``)."""
+    out = torch.empty((len(indices), *shape), dtype=torch.float32)
+    for row, i in enumerate(indices):
+        out[row] = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(seed) + int(i)))
+    return out
+
+
+def end_sigmas(problem: DistillProblem, t_eps: float) -> tuple[float, float]:
+    """``(s_0, s_N)``: the first and last sigma of every solver grid (GAS times 1 and ``t_eps``)."""
+    t = torch.tensor([1.0, t_eps], dtype=torch.float64)
+    s = problem.schedule.sigma_of_time(t)
+    return float(s[0]), float(s[1])
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A fully resolved teacher: the solver, its order and its sigma grid (``s_0 .. s_N``, no trailing 0)."""
+
+    kind: str
+    steps: int
+    order: int
+    grid: str
+    sigmas: tuple[float, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "steps": self.steps, "order": self.order, "grid": self.grid,
+                "sigmas": [round(s, 12) for s in self.sigmas]}
+
+    def describe(self) -> str:
+        ends = f"sigma {self.sigmas[0]:.4g} -> {self.sigmas[-1]:.4g}"
+        if self.kind == "dpmpp3m":
+            return f"DPM-Solver++(3M), {self.steps} steps uniform in {self.grid}, {ends}"
+        return f"iPNDM (order {self.order}) on {self.grid} sigmas, {self.steps} steps, {ends}"
+
+
+def make_teacher_spec(problem: DistillProblem, config: DistillConfig) -> TeacherSpec:
+    """Resolve the configured teacher into a :class:`TeacherSpec` for this problem (may search a GITS grid)."""
+    s0, s_end = end_sigmas(problem, config.t_eps)
+    steps = config.resolved_teacher_steps
+    if config.teacher == "dpmpp3m":
+        if config.teacher_grid == "logsnr":
+            sig = logsnr_grid(problem.schedule, s0, s_end, steps)
+        else:
+            t = torch.linspace(1.0, config.t_eps, steps + 1, dtype=torch.float64)
+            sig = problem.schedule.sigma_of_time(t)
+        return TeacherSpec("dpmpp3m", steps, 3, config.teacher_grid, tuple(float(v) for v in sig))
+    sigmas: list[float] | None = None
+    grid = "GITS"
+    if problem.gits_sigmas is not None:
+        given = [float(v) for v in problem.gits_sigmas(steps)]
+        if len(given) == steps + 1 and abs(given[0] / s0 - 1) < 1e-3 and abs(given[-1] / s_end - 1) < 1e-3:
+            sigmas = [s0, *given[1:-1], s_end]
+        else:
+            log.warning("the model's GITS table does not fit this solver's range (%s steps, sigma %.4g -> %.4g); "
+                        "searching a GITS-style grid instead", steps, s0, s_end)
+    if sigmas is None:
+        grid = "GITS-style searched"
+        idx = list(range(min(GITS_WARMUP, config.train_size)))
+        noise = sample_noise(idx, problem.latent_shape, config.seed).to(problem.device)
+        x = problem.schedule.initial_state(noise, s0).to(problem.dtype)
+        sigmas = search_gits_sigmas(problem.denoiser, problem.schedule, x, problem.conditions(idx), s0, s_end, steps)
+    return TeacherSpec("ipndm-gits", steps, config.teacher_order, grid, tuple(sigmas))
+
+
+@torch.no_grad()
+def run_teacher(problem: DistillProblem, spec: TeacherSpec, noise: torch.Tensor, cond: dict[str, Any],
+                autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+                ) -> torch.Tensor:
+    """Teacher end states (float32, on ``noise``'s device) for a batch of unit noises and their conditioning."""
+    s = torch.tensor(spec.sigmas, dtype=torch.float64)
+    x = problem.schedule.initial_state(noise, s[0]).to(problem.dtype)
+    with autocast():
+        if spec.kind == "dpmpp3m":
+            out = sample_gas(problem.denoiser, x, s, extra_args=cond, disable=True, schedule=problem.schedule)
+        else:
+            out = ipndm(problem.denoiser, x, s, cond, schedule=problem.schedule, order=spec.order)
+    return out.float()
+
+
+def _checksum(indices: torch.Tensor, noise: torch.Tensor, latents: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (indices, noise, latents):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class TeacherCache:
+    """Shards of teacher samples in ``root/teacher-<key>/`` (see the module docstring).
+
+    ``key_data`` is everything the teacher output depends on; its sha256 names the folder and is checked in every
+    shard. ``generate(indices) -> (noise, latents)`` produces missing samples (CPU float32).
+    """
+
+    def __init__(self, root: str | Path, key_data: dict[str, Any], latent_shape: Sequence[int]) -> None:
+        text = json.dumps(key_data, sort_keys=True, default=str)
+        self.key = hashlib.sha256(text.encode()).hexdigest()
+        self.latent_shape = tuple(latent_shape)
+        self.dir = Path(root) / f"teacher-{self.key[:20]}"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            manifest = self.dir / "key.json"
+            if not manifest.exists():
+                self._atomic_write_text(manifest, json.dumps(key_data, indent=2, sort_keys=True, default=str))
+        except OSError as exc:
+            raise TeacherCacheError(f"cannot use the teacher cache folder {self.dir} ({exc.strerror or exc})") from None
+
+    # ----- files ---------------------------------------------------------------------------------------------------
+    def shard_path(self, shard: int) -> Path:
+        return self.dir / f"shard-{shard:07d}.safetensors"
+
+    def _atomic_write_text(self, path: Path, text: str) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Advisory inter-process lock around read-merge-write of a shard (POSIX; elsewhere renames stay atomic)."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        with open(self.dir / ".lock", "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def read_shard(self, shard: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """The samples stored in a shard (``{}`` if absent; a damaged shard is reported and deleted)."""
+        path = self.shard_path(shard)
+        if not path.exists():
+            return {}
+        try:
+            entries = self._load(path, shard)
+        except Exception as exc:  # damaged in any way: report, delete, regenerate
+            log.warning("teacher cache shard %s is damaged (%s); it will be regenerated", path.name, exc)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return {}
+        return entries
+
+    def _load(self, path: Path, shard: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            meta = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        if meta.get("format") != _SHARD_FORMAT or meta.get("key") != self.key:
+            raise ValueError("it belongs to other settings")
+        idx, noise, lat = tensors.get("indices"), tensors.get("noise"), tensors.get("latents")
+        if idx is None or noise is None or lat is None:
+            raise ValueError("tensors are missing")
+        n = idx.numel()
+        shape = (n, *self.latent_shape)
+        if tuple(noise.shape) != shape or tuple(lat.shape) != shape:
+            raise ValueError(f"unexpected shapes {list(noise.shape)} / {list(lat.shape)}")
+        if meta.get("sha256") != _checksum(idx, noise, lat):
+            raise ValueError("checksum mismatch")
+        if (idx // SHARD_SIZE != shard).any() or idx.unique().numel() != n:
+            raise ValueError("indices out of place")
+        if not (torch.isfinite(lat).all() and torch.isfinite(noise).all()):
+            raise ValueError("non-finite values")
+        return {int(i): (noise[r], lat[r]) for r, i in enumerate(idx.tolist())}
+
+    def write_shard(self, shard: int, entries: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write (replace) a shard atomically."""
+        from safetensors.torch import save_file
+
+        order = sorted(entries)
+        idx = torch.tensor(order, dtype=torch.int64)
+        noise = torch.stack([entries[i][0] for i in order]).float().contiguous()
+        lat = torch.stack([entries[i][1] for i in order]).float().contiguous()
+        meta = {"format": _SHARD_FORMAT, "version": str(_SHARD_VERSION), "key": self.key,
+                "sha256": _checksum(idx, noise, lat)}
+        path = self.shard_path(shard)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.dir)
+        os.close(fd)
+        try:
+            save_file({"indices": idx, "noise": noise, "latents": lat}, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    # ----- main entry ------------------------------------------------------------------------------------------------
+    def get(self, indices: Sequence[int], generate: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]], *,
+            batch: int = 16, progress: bool = True, desc: str = "teacher") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(noise, latents)`` of ``indices`` in that order, generating and storing the missing ones shard by shard.
+
+        An interruption loses at most the shard being generated.
+        """
+        indices = [int(i) for i in indices]
+        by_shard: dict[int, list[int]] = {}
+        for i in indices:
+            by_shard.setdefault(i // SHARD_SIZE, []).append(i)
+        found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        missing: dict[int, list[int]] = {}
+        for shard, wanted in sorted(by_shard.items()):
+            stored = self.read_shard(shard)
+            found.update({i: stored[i] for i in wanted if i in stored})
+            todo = sorted({i for i in wanted if i not in stored})
+            if todo:
+                missing[shard] = todo
+        total = sum(len(v) for v in missing.values())
+        if total:
+            log.info("%s: generating %d of %d samples into %s", desc, total, len(set(indices)), self.dir)
+            bar = _progress(total, desc, progress)
+            try:
+                for shard, todo in missing.items():
+                    new: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+                    for start in range(0, len(todo), batch):
+                        chunk = todo[start:start + batch]
+                        noise, lat = generate(chunk)
+                        new.update({i: (noise[r].cpu(), lat[r].cpu()) for r, i in enumerate(chunk)})
+                        bar.update(len(chunk))
+                    with self._lock():
+                        merged = self.read_shard(shard)
+                        merged.update(new)
+                        self.write_shard(shard, merged)
+                    found.update(new)
+            finally:
+                bar.close()
+        noise = torch.stack([found[i][0] for i in indices])
+        lat = torch.stack([found[i][1] for i in indices])
+        return noise, lat
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True)
