@@ -14,6 +14,11 @@ family it cannot handle.
 
 Exit status: 0 done, 2 bad input (one sentence on stderr), 3 training diverged (NaN/inf), 130 interrupted (state
 saved; ``--resume`` continues).
+
+Several GPUs: ``torchrun --nproc_per_node=K -m trainer ...`` with the same options (:mod:`trainer.distributed`).
+Each process works on ``cuda:LOCAL_RANK`` (made the current device before ComfyUI is imported, so ComfyUI loads the
+model there) or, on CPU, with the gloo backend. Rank 0 prints progress and messages; the other ranks log warnings
+only (prefixed ``[rank r]``). An error that every rank meets is printed once, by rank 0.
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_TEACHER_STEPS, DISC_PRESETS, PACK_ROOT, DistillConfig
+from .distributed import (
+    Dist,
+    env_rank,
+    env_world,
+    init_distributed,
+    mark_on_every_rank,
+    on_every_rank,
+    shutdown_distributed,
+)
 from .errors import ConfigError, OutputError, TrainerError
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -46,6 +60,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or text
 
 
+class _Parser(argparse.ArgumentParser):
+    """Under torchrun only rank 0 prints usage errors (every rank still exits with status 2)."""
+
+    def error(self, message: str) -> Any:
+        if env_rank() > 0:
+            self.exit(2)
+        return super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every option documented with its default)."""
     from .demo import DEMO_CFG, DEMO_DEFAULTS
@@ -54,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         differs = key in DEMO_DEFAULTS and DEMO_DEFAULTS[key] != getattr(_D, key)
         return f"; {DEMO_DEFAULTS[key]} with --demo" if differs else ""
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m trainer",
         description="Distil a few-step GS/GAS solver from a many-step teacher (Generalized Adversarial Solver, "
                     "ICLR 2026). Writes <out>/<name>-nfe<N>-<mode>.safetensors, loadable by the GAS nodes, plus a "
@@ -145,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-report", action="store_true", help="skip the markdown report and the image grid")
     out.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     comp = p.add_argument_group("compute")
-    comp.add_argument("--device", default="auto", help="torch device: auto = cuda if available, else cpu")
+    comp.add_argument("--device", default="auto",
+                      help="torch device: auto = cuda if available, else cpu (under torchrun: each process takes "
+                           "cuda:LOCAL_RANK)")
     comp.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                       help="model weight dtype (auto: the loader's choice for the device)")
     comp.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=_D.amp,
@@ -157,11 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise mark_on_every_rank(ConfigError(f"--device {name!r} is not a torch device (try auto, cpu or cuda)")) \
+            from None
+    if env_world() > 1 and dev.type == "cuda" and dev.index is not None:
+        raise mark_on_every_rank(ConfigError(
+            f"under torchrun every process uses the GPU of its LOCAL_RANK, so --device {name} cannot apply: pass "
+            "--device cuda (or auto) and pick GPUs with CUDA_VISIBLE_DEVICES"))
+    return name
 
 
 def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> DistillConfig:
@@ -203,21 +237,30 @@ class _TqdmHandler(logging.Handler):
             print(msg, file=sys.stderr)
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, rank: int = 0) -> None:
     logger = logging.getLogger("trainer")
     logger.handlers.clear()
     handler = _TqdmHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if rank else "%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
 
 
-def _precheck_output(config: DistillConfig, name: str, *, demo_resume: bool = False) -> None:
-    """Cheap checks before any model is loaded: NFE etc. (validate), output folder writable, no silent overwrite."""
+def _precheck_output(config: DistillConfig, name: str, dist: Dist, *, demo_resume: bool = False) -> None:
+    """Cheap checks before any model is loaded: NFE etc. (validate), output folder writable, no silent overwrite.
+
+    Rank 0 checks and every rank gets its answer (the same error on every rank)."""
+    dist.main_decides(lambda: _precheck_files(config, name, dist.world, demo_resume))
+
+
+def _precheck_files(config: DistillConfig, name: str, world: int, demo_resume: bool) -> None:
     from .distill import _check_writable
 
     config.validate()
+    if config.batch % world:
+        raise ConfigError(f"--batch ({config.batch}) must be divisible by the number of processes ({world}), so "
+                          "that every process trains on an equal share of each batch")
     out_dir, _, _ = config.paths()
     _check_writable(out_dir, "output folder")
     target = out_dir / f"{config.name or name}-nfe{config.nfe}-{config.mode}.safetensors"
@@ -225,16 +268,16 @@ def _precheck_output(config: DistillConfig, name: str, *, demo_resume: bool = Fa
         raise OutputError(f"{target} already exists: pass --overwrite to replace it, or --name to pick another name")
 
 
-def _run_checkpoint(args: argparse.Namespace) -> int:
+def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> int:
     from .distill import distill
     from .prompts import load_prompts
 
     config = config_from_args(args)
     name = args.name or Path(args.ckpt).stem
     config.name = name
-    _precheck_output(config, name)
-    args.device = _resolve_device(args.device)
-    args.prompt_set = load_prompts(args.prompts)
+    _precheck_output(config, name, dist)
+    args.device = str(dist.device)
+    args.prompt_set = dist.agree(lambda: load_prompts(args.prompts))
     args.output_name = name
     try:
         from .comfy_adapter import build_problem
@@ -243,10 +286,10 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
             raise ConfigError("this copy of the pack has no ComfyUI adapter (trainer/comfy_adapter.py), so --ckpt "
                               "cannot load checkpoints; try --demo") from None
         raise
-    problem = build_problem(args)
+    problem = dist.agree(lambda: build_problem(args))  # every rank loads the model on its own device
     if args.prompts:
         problem.extra_metadata.setdefault("prompts", Path(args.prompts).name)
-    distill(problem, config, progress=not args.quiet)
+    distill(problem, config, progress=not args.quiet and dist.is_main)
     return 0
 
 
@@ -254,12 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m trainer``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.quiet)
+    rank = env_rank()
+    _setup_logging(args.quiet or rank > 0, rank)
     if not args.demo and not args.ckpt:
-        parser.print_usage(sys.stderr)
-        print("error: give --ckpt NAME_OR_PATH (a checkpoint) or --demo (the built-in demo)", file=sys.stderr)
+        if rank == 0:
+            parser.print_usage(sys.stderr)
+            print("error: give --ckpt NAME_OR_PATH (a checkpoint) or --demo (the built-in demo)", file=sys.stderr)
         return 2
     try:
+        # Under torchrun: the process group, and cuda:LOCAL_RANK as the current device, before ComfyUI is imported.
+        dist = init_distributed(_resolve_device(args.device))
         if args.demo:
             from .demo import run_demo
 
@@ -268,14 +315,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.name = config.name or "demo"
             for mode in modes:
                 config.mode = mode
-                _precheck_output(config, config.name, demo_resume=True)
-            run_demo(config, modes, device=_resolve_device(args.device), cfg=args.cfg, progress=not args.quiet)
+                _precheck_output(config, config.name, dist, demo_resume=True)
+            run_demo(config, modes, device=str(dist.device), cfg=args.cfg, progress=not args.quiet and dist.is_main)
             return 0
-        return _run_checkpoint(args)
+        return _run_checkpoint(args, dist)
     except TrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        elif not on_every_rank(exc):  # an error of this process alone: rank 0 does not know it
+            print(f"[rank {rank}] error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished teacher shards and the last training checkpoint are kept; run the same command "
-              "with --resume to continue", file=sys.stderr)
+        if rank == 0:
+            print("interrupted: finished teacher shards and the last training checkpoint are kept; run the same "
+                  "command with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        shutdown_distributed()

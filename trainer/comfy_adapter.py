@@ -127,7 +127,7 @@ def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
     if memo is not None:
         try:
             memo.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo.with_suffix(".tmp")
+            tmp = memo.with_suffix(f".{os.getpid()}.tmp")  # several processes (torchrun ranks) may hash at once
             tmp.write_text(value)
             os.replace(tmp, memo)
         except OSError:

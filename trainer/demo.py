@@ -248,20 +248,25 @@ def run_demo(config: DistillConfig, modes: list[str], *, device: str = "cpu", cf
              progress: bool = True) -> dict[str, Any]:
     """Distil the demo problem in each mode, print the comparison table and write ``<name>-nfe<N>.md/.png``.
 
-    Returns ``{"results": {mode: DistillResult}, "methods": {...}, "table": str, "seconds": float}``.
+    Returns ``{"results": {mode: DistillResult}, "methods": {...}, "table": str, "seconds": float}``. Under torchrun
+    every rank trains and returns the same; rank 0 alone prints and writes.
     """
     from .distill import distill, output_paths
+    from .distributed import init_distributed
 
     t0 = time.time()
-    problem = make_demo_problem(cfg=DEMO_CFG if cfg is None else cfg, device=device)
+    dist = init_distributed(device)
+    problem = make_demo_problem(cfg=DEMO_CFG if cfg is None else cfg, device=dist.device)
+    progress = progress and dist.is_main
     results = {}
     for mode in modes:
         cfg_m = dataclasses.replace(config, mode=mode)
         paths = output_paths(problem, cfg_m)
-        if config.resume and paths.solver.exists() and not paths.state.exists():
+        finished, unfinished = dist.main_decides(lambda p=paths: (p.solver.exists(), p.state.exists()))
+        if config.resume and finished and not unfinished:
             results[mode] = _finished_result(problem, cfg_m, paths.solver, progress)  # done before the interruption
             continue
-        cfg_m.resume = config.resume and paths.state.exists()
+        cfg_m.resume = config.resume and unfinished
         results[mode] = distill(problem, cfg_m, progress=progress)
     last = results[modes[-1]]
     methods: dict[str, dict[str, float]] = {}
@@ -286,8 +291,9 @@ def run_demo(config: DistillConfig, modes: list[str], *, device: str = "cpu", cf
     lines.append(f"total time {seconds:.0f} s (" + ", ".join(
         f"{r.label} training {r.train_seconds:.0f} s" for r in results.values()) + ")")
     text = "\n".join(lines)
-    print(text, flush=True)
-    if config.report:
+    if dist.is_main:
+        print(text, flush=True)
+    if config.report and dist.is_main:
         out_dir = config.paths()[0]
         stem = f"{config.name or problem.name}-nfe{config.nfe}"
         rows = [("teacher", last.samples["teacher"])]
@@ -311,16 +317,18 @@ def _finished_result(problem: DistillProblem, config: DistillConfig, path: Any, 
     from gas import load_solver
 
     from .distill import DistillResult, evaluate_solver, load_teacher, output_paths
+    from .distributed import init_distributed
     from .runtime import resolve_amp
 
+    dist = init_distributed(problem.device)
     autocast = resolve_amp(config.amp, problem.device)
     solver = load_solver(path)
-    data = load_teacher(problem, config, autocast, progress=progress)
+    data = load_teacher(problem, config, autocast, progress=progress, dist=dist)
     label = config.mode.upper()
-    scores, outputs = evaluate_solver(problem, config, solver, data, label, autocast=autocast)
+    scores, outputs = evaluate_solver(problem, config, solver, data, label, autocast=autocast, dist=dist)
     k = min(config.grid_samples, len(data.val_idx))
     samples = {"teacher": data.val_lat[:k], **{name: lat[:k] for name, lat in outputs.items()}}
     paths = output_paths(problem, config)
     return DistillResult(solver=solver, scores=scores, solver_path=paths.solver, report_path=paths.report,
                          grid_path=paths.grid, run_dir=paths.run_dir, teacher=data.spec.describe(), label=label,
-                         samples=samples)
+                         samples=samples, world=dist.world)

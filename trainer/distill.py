@@ -13,7 +13,12 @@ One iteration ``k`` (1-based), with ``B`` training indices drawn by :func:`batch
 ``distill`` = loss 'l1': mean |x_S - x_T|; 'lpips': LPIPS-VGG between decoded images. The student is the inference
 sampler itself (``gas.sample_gas``), so a trained solver samples in ComfyUI exactly as it was trained.
 
-Files (all writing happens in this module, on one process):
+Under torchrun (K processes, :mod:`trainer.distributed`) every rank takes its contiguous ``B/K`` share of each
+global batch (and of the discriminator's fresh noise), and the gradients of the solver and of the discriminator are
+averaged over the ranks before clipping and the optimiser step, so the ranks stay identical and the result is the
+one-process result up to floating-point noise. Only rank 0 writes.
+
+Files (all writing happens in this module, on one process or on rank 0):
 ``<out>/<name>-nfe<N>-<mode>.safetensors`` (+ ``.md`` report, ``.png`` grid), ``<runs>/<name>-nfe<N>-<mode>/``
 (``state.pt`` training state every ``ckpt_every`` iterations, ``log.csv``, ``tb/``), ``<cache>/teacher-<key>/``.
 """
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
 import logging
 import math
 import os
@@ -44,6 +51,7 @@ from gas import GeneralizedSolver, NoiseSchedule, save_solver
 from .checkpointing import check_compatible, load_state, save_state
 from .config import DistillConfig
 from .discriminator import LatentDiscriminator
+from .distributed import Dist, init_distributed, mark_on_every_rank, tensors_digest
 from .ema import EMA
 from .errors import ConfigError, OutputError, ResumeError, TrainingDivergedError, TrainingInterruptedError
 from .evaluate import sample_baselines, sample_solver, score
@@ -109,6 +117,8 @@ class DistillResult:
     #: Wall-clock seconds of the whole call, and of the training loop alone.
     seconds: float = 0.0
     train_seconds: float = 0.0
+    #: Number of processes that trained (torchrun); every rank returns the same result, rank 0 wrote the files.
+    world: int = 1
 
 
 def output_paths(problem: DistillProblem, config: DistillConfig) -> OutputPaths:
@@ -165,8 +175,9 @@ def _fake_noise(config: DistillConfig, step: int, shape: Sequence[int]) -> torch
 class _InterruptGuard:
     """First Ctrl-C: finish the iteration, save, stop. Second Ctrl-C: stop at once (KeyboardInterrupt)."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.interrupted = False
+        self.announce = announce
         self._previous: Any = None
         self._installed = False
 
@@ -174,7 +185,8 @@ class _InterruptGuard:
         if self.interrupted:
             raise KeyboardInterrupt
         self.interrupted = True
-        log.warning("Ctrl-C: finishing this iteration and saving the training state (press again to abort)")
+        if self.announce:
+            log.warning("Ctrl-C: finishing this iteration and saving the training state (press again to abort)")
 
     def __enter__(self) -> _InterruptGuard:
         if threading.current_thread() is threading.main_thread():
@@ -192,15 +204,20 @@ class _Logs:
 
     FIELDS = ("step", "seconds", "loss", "distill", "adv", "d_loss", "r1", "r2", "grad_norm", "val_l1")
 
-    def __init__(self, run_dir: Path, config: DistillConfig) -> None:
-        self.csv_path = run_dir / "log.csv" if config.csv else None
+    def __init__(self, run_dir: Path | None, config: DistillConfig | None) -> None:
+        self.csv_path = run_dir / "log.csv" if run_dir is not None and config is not None and config.csv else None
         self.tb: Any = None
-        if config.tensorboard:
+        if run_dir is not None and config is not None and config.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
             self.tb = SummaryWriter(str(run_dir / "tb"))
+
+    @classmethod
+    def disabled(cls) -> _Logs:
+        """Logs that write nothing (ranks other than 0)."""
+        return cls(None, None)
 
     def write(self, row: dict[str, float]) -> None:
         if self.csv_path is not None:
@@ -244,9 +261,10 @@ class _Trainer:
     """State and steps of one run (kept in one object so checkpoints can capture all of it)."""
 
     def __init__(self, problem: DistillProblem, config: DistillConfig, autocast: Autocast, s0: float,
-                 lpips_model: nn.Module | None) -> None:
+                 lpips_model: nn.Module | None, dist: Dist | None = None) -> None:
         self.problem, self.config, self.autocast, self.s0 = problem, config, autocast, s0
         self.lpips = lpips_model
+        self.dist = dist or Dist()
         dev = problem.device
         self.solver = GeneralizedSolver(config.nfe, t_eps=config.t_eps, schedule=problem.schedule).to(dev)
         self.params = list(self.solver.parameters())
@@ -276,7 +294,7 @@ class _Trainer:
             "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "rng": torch.get_rng_state(),
             "config": self.config.to_dict(), "teacher_key": teacher_key,
         }
-        if torch.cuda.is_available() and self.problem.device.type == "cuda":
+        if torch.cuda.is_available() and self.problem.device.type == "cuda" and not self.dist.distributed:
             st["cuda_rng"] = torch.cuda.get_rng_state_all()
         if self.disc is not None and self.disc_opt is not None:
             st["disc"] = {k: v.detach().cpu() for k, v in self.disc.state_dict().items()}
@@ -296,7 +314,7 @@ class _Trainer:
         if self.scaler is not None and "scaler" in st:
             self.scaler.load_state_dict(st["scaler"])
         torch.set_rng_state(st["rng"])
-        if "cuda_rng" in st and torch.cuda.is_available():
+        if "cuda_rng" in st and torch.cuda.is_available() and not self.dist.distributed:
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         self.step = int(st["step"])
 
@@ -312,65 +330,92 @@ class _Trainer:
     def _diverged(self, what: str, value: float, last_good: int, state_path: Path) -> TrainingDivergedError:
         kept = (f"the last good training state (iteration {last_good}) is kept in {state_path}"
                 if last_good > 0 else "no training state had been saved yet")
-        return TrainingDivergedError(f"the {what} became {value} at iteration {self.step}, so training stopped; {kept} "
-                                     "(try a lower --lr or --disc-lr, or --amp off)")
+        return mark_on_every_rank(TrainingDivergedError(
+            f"the {what} became {value} at iteration {self.step}, so training stopped; {kept} (try a lower --lr or "
+            "--disc-lr, or --amp off)"))
+
+    def _reduce(self, params: list[nn.Parameter], stats: list[torch.Tensor]) -> list[float]:
+        """Average the gradients of ``params`` and the scalar ``stats`` over the ranks (one collective per dtype);
+        returns the averaged stats. A no-op average for one process."""
+        buf = torch.stack([s.detach().double().reshape(()) for s in stats])
+        self.dist.all_reduce_mean_([p.grad for p in params] + [buf])
+        return buf.tolist()
 
     def train_step(self, teacher_noise: torch.Tensor, teacher_lat: torch.Tensor, last_good: int,
                    state_path: Path) -> dict[str, float]:
-        cfg, prob = self.config, self.problem
-        idx = batch_indices(cfg, self.step)
+        """One iteration. Under K ranks each takes its slice of the global batch (the same numbers as with one
+        process), and the gradients are averaged before clipping, so every rank applies the identical update."""
+        cfg, prob, dist = self.config, self.problem, self.dist
+        global_idx = batch_indices(cfg, self.step)
+        idx = list(dist.local_slice(global_idx))
+        lo = dist.rank * len(idx)
         noise = teacher_noise[idx]
         real = teacher_lat[idx].to(prob.device)
         cond = prob.conditions(idx)
         stats: dict[str, float] = {}
         if self.disc is not None and self.disc_opt is not None:
-            fake_init = start_state(prob, _fake_noise(cfg, self.step, noise.shape), self.s0)
+            fresh = _fake_noise(cfg, self.step, (len(global_idx), *noise.shape[1:]))[lo:lo + len(idx)]
+            fake_init = start_state(prob, fresh, self.s0)
             fake = run_student(prob, self.solver, fake_init, cond, autocast=self.autocast, differentiable=False)
             self.disc.requires_grad_(True)
             d_loss_ps, parts = discriminator_loss(self.disc, real, fake, cfg.r1_gamma)
             d_loss = d_loss_ps.mean()
-            if not torch.isfinite(d_loss):
-                raise self._diverged("discriminator loss", float(d_loss.detach()), last_good, state_path)
             self.disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
+            if dist.distributed or torch.isfinite(d_loss):
+                d_loss.backward()
+            d_params = list(self.disc.parameters())
+            d_val, r1, r2 = self._reduce(d_params, [d_loss, parts["r1"].mean(), parts["r2"].mean()])
+            if not math.isfinite(d_val):
+                raise self._diverged("discriminator loss", d_val, last_good, state_path)
             self.disc_opt.step()
             self.disc.requires_grad_(False)
-            stats.update(d_loss=float(d_loss.detach()), r1=float(parts["r1"].mean()), r2=float(parts["r2"].mean()))
+            stats.update(d_loss=d_val, r1=r1, r2=r2)
         x_init = start_state(prob, noise, self.s0)
         out = run_student(prob, self.solver, x_init, cond, autocast=self.autocast, differentiable=True,
                           grad_checkpoint=cfg.grad_checkpoint)
         if cfg.loss == "l1":
-            dist = l1_latents(out, real)
+            dist_loss = l1_latents(out, real)
         else:
             assert prob.decode is not None and self.lpips is not None
             with torch.no_grad():
                 target = prob.decode(real).float()
-            dist = lpips_images(self.lpips, prob.decode(out).float(), target)
-        total = dist
+            dist_loss = lpips_images(self.lpips, prob.decode(out).float(), target)
+        total = dist_loss
+        parts_g = [dist_loss.detach().mean()]
         if self.disc is not None:
             adv = generator_adversarial_loss(self.disc, real, out)
             total = total + cfg.disc_weight * adv
-            stats["adv"] = float(adv.detach().mean())
+            parts_g.append(adv.detach().mean())
         loss = total.mean()
-        if not torch.isfinite(loss):
-            raise self._diverged("loss", float(loss.detach()), last_good, state_path)
         self.opt.zero_grad(set_to_none=True)
+        if dist.distributed or torch.isfinite(loss):  # one process: never backpropagate a NaN (as before)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        reduced = self._reduce(self.params, [loss, *parts_g])
+        if not math.isfinite(reduced[0]):
+            raise self._diverged("loss", reduced[0], last_good, state_path)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
-            loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
             if not torch.isfinite(grad_norm):
                 raise self._diverged("gradient norm", float(grad_norm), last_good, state_path)
             self.opt.step()
         self.ema.update(self.params)
-        stats.update(loss=float(loss.detach()), distill=float(dist.detach().mean()), grad_norm=float(grad_norm))
+        if self.disc is not None:
+            stats["adv"] = reduced[2]
+        stats.update(loss=reduced[0], distill=reduced[1], grad_norm=float(grad_norm))
         return stats
+
+    def sync_digest(self) -> str:
+        """sha256 of every trained tensor (solver, EMA, discriminator): equal on every rank while in step."""
+        tensors = [p.detach() for p in self.params] + list(self.ema.shadow)
+        if self.disc is not None:
+            tensors += [p.detach() for p in self.disc.parameters()]
+        return tensors_digest(tensors)
 
 
 def _teacher_key(problem: DistillProblem, config: DistillConfig, spec: TeacherSpec, autocast: Autocast
@@ -394,39 +439,74 @@ class TeacherData:
 
 
 def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autocast, *,
-                 progress: bool = True) -> TeacherData:
-    """Resolve the teacher and get its training and held-out samples from the cache (generating what is missing)."""
+                 progress: bool = True, dist: Dist | None = None) -> TeacherData:
+    """Resolve the teacher and get its training and held-out samples from the cache (generating what is missing).
+
+    Under torch.distributed every rank calls this: rank 0 resolves the teacher (a searched GITS grid runs the model,
+    whose last bits may differ between GPUs) and broadcasts it, the ranks check that they key the same cache, and
+    the missing samples are generated by all ranks together (:meth:`TeacherCache.get`).
+    """
+    dist = dist or Dist()
     _, cache_dir, _ = config.paths()
-    spec = make_teacher_spec(problem, config)
-    cache = TeacherCache(cache_dir, _teacher_key(problem, config, spec, autocast), problem.latent_shape)
+    spec = dist.main_decides(lambda: make_teacher_spec(problem, config))
+    key_data = _teacher_key(problem, config, spec, autocast)
+    cache = TeacherCache(cache_dir, key_data, problem.latent_shape)
+
+    if not dist.same_digest(cache.key):
+        raise mark_on_every_rank(ConfigError(
+            "the processes describe different models or teacher settings (their teacher cache keys differ): every "
+            "process must build the same problem"))
 
     def generate(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         noise = sample_noise(indices, problem.latent_shape, config.seed)
         lat = run_teacher(problem, spec, noise.to(problem.device), problem.conditions(indices), autocast)
         return noise, lat.cpu()
 
-    log.info("teacher: %s", spec.describe())
+    if dist.is_main:
+        log.info("teacher: %s", spec.describe())
     train_idx = list(range(config.train_size))
     val_idx = [VALIDATION_OFFSET + j for j in range(config.val_size)]
     train_noise, train_lat = cache.get(train_idx, generate, batch=config.teacher_batch, progress=progress,
-                                       desc="teacher (train)")
+                                       desc="teacher (train)", dist=dist)
     val_noise, val_lat = cache.get(val_idx, generate, batch=config.teacher_batch, progress=progress,
-                                   desc="teacher (held-out)")
+                                   desc="teacher (held-out)", dist=dist)
     return TeacherData(spec, cache, train_noise, train_lat, val_idx, val_noise, val_lat)
 
 
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _sharded(dist: Dist, n: int, run: Callable[[int, int], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``run(start, stop)`` on this rank's share of ``n`` held-out samples, gathered in order on every rank."""
+    lo, hi = dist.local_range(n)
+    local = run(lo, hi)
+    return {name: dist.all_gather_rows(lat) for name, lat in local.items()}
+
+
 def evaluate_solver(problem: DistillProblem, config: DistillConfig, solver: GeneralizedSolver, data: TeacherData,
-                    label: str, *, autocast: Autocast, lpips_model: nn.Module | None = None
-                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Held-out scores of ``solver`` (as ``label``) and of the same-NFE baselines; returns (scores, end states)."""
+                    label: str, *, autocast: Autocast, lpips_model: nn.Module | None = None,
+                    dist: Dist | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Held-out scores of ``solver`` (as ``label``) and of the same-NFE baselines; returns (scores, end states).
+
+    Under torch.distributed every rank samples its share of the held-out set, the end states are gathered on every
+    rank, rank 0 computes the scores (LPIPS decodes there) and broadcasts them: every rank returns the same."""
+    dist = dist or Dist()
     s0, _ = end_sigmas(problem, config.t_eps)
-    log.info("evaluating on %d held-out samples", len(data.val_idx))
-    outputs = {label: sample_solver(problem, solver.to(problem.device), data.val_idx, data.val_noise, s0,
-                                    autocast=autocast, batch=config.eval_batch)}
-    outputs.update(sample_baselines(problem, config.nfe, config.t_eps, data.val_idx, data.val_noise, s0,
-                                    autocast=autocast, batch=config.eval_batch))
-    scores = _finite_or_none(score(problem, data.val_lat, outputs, lpips_model=lpips_model, batch=config.eval_batch,
-                                   indices=data.val_idx))
+    if dist.is_main:
+        log.info("evaluating on %d held-out samples", len(data.val_idx))
+    solver = solver.to(problem.device)
+
+    def run(lo: int, hi: int) -> dict[str, torch.Tensor]:
+        idx, noise = data.val_idx[lo:hi], data.val_noise[lo:hi]
+        out = {label: sample_solver(problem, solver, idx, noise, s0, autocast=autocast, batch=config.eval_batch)}
+        out.update(sample_baselines(problem, config.nfe, config.t_eps, idx, noise, s0, autocast=autocast,
+                                    batch=config.eval_batch))
+        return out
+
+    outputs = _sharded(dist, len(data.val_idx), run)
+    scores = dist.main_decides(lambda: _finite_or_none(score(problem, data.val_lat, outputs, lpips_model=lpips_model,
+                                                             batch=config.eval_batch, indices=data.val_idx)))
     return scores, outputs
 
 
@@ -442,58 +522,97 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
     ``lpips_model``: a ready LPIPS module (default: LPIPS-VGG, loaded when the loss needs it or its weights are
     cached). ``callback(step, stats)`` runs after every iteration (monitoring; an exception from it stops training
     like a crash would).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) call it on every process with the same problem (each on its own device,
+    ``cuda:LOCAL_RANK``) and config: it initialises the default process group if none exists (see
+    :func:`trainer.distributed.init_distributed`), shares the teacher generation, splits every batch (``batch`` must
+    be divisible by the number of processes) and averages the gradients. Only rank 0 writes files, logs and shows
+    progress; ``callback`` runs on every rank with the same (averaged) stats. Every rank returns the same
+    :class:`DistillResult` (the paths name the files rank 0 wrote); the errors above are raised on every rank.
     """
     t_start = time.time()
     config = config or DistillConfig()
-    config.validate()
-    problem.validate()
+    dist = init_distributed(problem.device)
+    progress = progress and dist.is_main
+
+    def check_inputs() -> None:
+        config.validate()
+        problem.validate()
+        if config.batch % dist.world:
+            raise ConfigError(f"--batch ({config.batch}) must be divisible by the number of processes "
+                              f"({dist.world}), so that every process trains on an equal share of each batch")
+
+    dist.agree(check_inputs)
+    if not dist.same_digest(_digest(config.to_dict())):
+        raise mark_on_every_rank(ConfigError("the processes were given different training options: every process "
+                                             "must run the same command"))
     if not problem.identity:
-        log.warning("the problem has no identity: the teacher cache tells models apart only by name (%s)", problem.name)
+        if dist.is_main:
+            log.warning("the problem has no identity: the teacher cache tells models apart only by name (%s)",
+                        problem.name)
         problem.identity = {"name": problem.name}
     paths = output_paths(problem, config)
-    _check_outputs(paths, config)
+    dist.main_decides(lambda: _check_outputs(paths, config))
     autocast = resolve_amp(config.amp, problem.device)
 
     lp = lpips_model
     if config.loss == "lpips":
         if problem.decode is None:
-            raise ConfigError("--loss lpips needs a model that can decode its latents to images")
-        lp = lp if lp is not None else load_lpips(problem.device)
-    elif lp is None and problem.decode is not None and lpips_weights_cached():
-        with contextlib.suppress(Exception):
+            raise mark_on_every_rank(ConfigError("--loss lpips needs a model that can decode its latents to images"))
+        lp = lp if lp is not None else dist.agree(lambda: load_lpips(problem.device))
+    elif lp is None and problem.decode is not None and dist.is_main and lpips_weights_cached():
+        with contextlib.suppress(Exception):  # held-out LPIPS metric: scored on rank 0 only
             lp = load_lpips(problem.device)
-    logs = _Logs(paths.run_dir, config)
+    logs = _Logs(paths.run_dir, config) if dist.is_main else _Logs.disabled()
 
     s0, _ = end_sigmas(problem, config.t_eps)
-    data = load_teacher(problem, config, autocast, progress=progress)
+    data = load_teacher(problem, config, autocast, progress=progress, dist=dist)
     spec, cache = data.spec, data.cache
     train_noise, train_lat, val_idx, val_noise, val_lat = (data.train_noise, data.train_lat, data.val_idx,
                                                             data.val_noise, data.val_lat)
 
-    trainer = _Trainer(problem, config, autocast, s0, lp)
+    trainer = _Trainer(problem, config, autocast, s0, lp, dist)
     if config.resume:
-        st = load_state(paths.state)
-        check_compatible(st.get("config", {}), config.to_dict(), st.get("teacher_key", ""), cache.key, paths.state)
-        trainer.load(st)
-        log.info("resuming %s at iteration %d of %d", paths.stem, trainer.step, config.iters)
-    elif paths.state.exists():  # --overwrite: start over
+        def resume() -> None:
+            st = load_state(paths.state)
+            check_compatible(st.get("config", {}), config.to_dict(), st.get("teacher_key", ""), cache.key,
+                             paths.state)
+            trainer.load(st)
+
+        dist.agree(resume)  # every rank reads the same state file
+        if dist.is_main:
+            log.info("resuming %s at iteration %d of %d", paths.stem, trainer.step, config.iters)
+    elif paths.state.exists() and dist.is_main:  # --overwrite: start over
         paths.state.unlink()
         with contextlib.suppress(OSError):
             (paths.run_dir / "log.csv").unlink()
     last_good = trainer.step
 
     def val_l1() -> float:
-        out = sample_solver(problem, trainer.ema_solver().to(problem.device), val_idx, val_noise, s0,
-                            autocast=autocast, batch=config.eval_batch)
-        return float(l1_latents(out, val_lat).mean())
+        ema = trainer.ema_solver().to(problem.device)
+        lo, hi = dist.local_range(len(val_idx))
+        total = 0.0
+        if hi > lo:
+            out = sample_solver(problem, ema, val_idx[lo:hi], val_noise[lo:hi], s0, autocast=autocast,
+                                batch=config.eval_batch)
+            total = float(l1_latents(out, val_lat[lo:hi]).double().sum())
+        return dist.all_reduce_sum([total])[0] / max(1, len(val_idx))
+
+    def check_in_sync(step: int) -> None:
+        if dist.distributed and not dist.same_digest(trainer.sync_digest()):
+            raise RuntimeError(f"the processes' parameters differ at iteration {step}: they no longer train in step "
+                               "(a bug; please report it)")
 
     label = config.mode.upper()
-    log.info("training %s: %s, NFE %d, %d iterations, batch %d, %s", paths.stem, label, config.nfe, config.iters,
-             config.batch, "per-call gradient checkpointing" if config.grad_checkpoint else "no checkpointing")
+    if dist.is_main:
+        procs = f", {dist.world} processes ({dist.backend})" if dist.distributed else ""
+        log.info("training %s: %s, NFE %d, %d iterations, batch %d%s, %s", paths.stem, label, config.nfe,
+                 config.iters, config.batch, procs,
+                 "per-call gradient checkpointing" if config.grad_checkpoint else "no checkpointing")
     t_train = time.time()
     bar = _progress_bar(config.iters, trainer.step, progress)
     try:
-        with _InterruptGuard() as guard:
+        with _InterruptGuard(announce=dist.is_main) as guard:
             try:
                 while trainer.step < config.iters:
                     trainer.step += 1
@@ -501,27 +620,27 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
                     step = trainer.step
                     if step == 1 or (step % config.eval_every == 0 and step < config.iters):
                         stats["val_l1"] = val_l1()
-                    saved = step % config.ckpt_every == 0 or step == config.iters or guard.interrupted
+                    interrupted = dist.any_flag(guard.interrupted)  # every rank stops at the same iteration
+                    saved = step % config.ckpt_every == 0 or step == config.iters or interrupted
                     if saved:
-                        save_state(paths.state, trainer.state(cache.key))
+                        check_in_sync(step)
+                        if dist.is_main:
+                            save_state(paths.state, trainer.state(cache.key))
                         last_good = step
                     logs.write({"step": step, "seconds": time.time() - t_train, **stats})
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix({k: f"{stats[k]:.4g}" for k in ("loss", "distill", "val_l1") if k in stats},
                                         refresh=False)
-                    if step % config.log_every == 0 or "val_l1" in stats:
+                    if dist.is_main and (step % config.log_every == 0 or "val_l1" in stats):
                         parts = " ".join(f"{k} {v:.4g}" for k, v in stats.items())
                         _info(bar, f"iteration {step}/{config.iters}: {parts}")
                     if callback is not None:
                         callback(step, stats)
-                    if guard.interrupted:
-                        if not saved:
-                            save_state(paths.state, trainer.state(cache.key))
-                            last_good = step
-                        raise TrainingInterruptedError(
+                    if interrupted:
+                        raise mark_on_every_rank(TrainingInterruptedError(
                             f"interrupted at iteration {step}; the training state is saved in {paths.state}: run the "
-                            "same command with --resume to continue")
+                            "same command with --resume to continue"))
             except KeyboardInterrupt:
                 raise TrainingInterruptedError(
                     f"aborted during iteration {trainer.step}; the last saved training state (iteration {last_good}) "
@@ -532,26 +651,33 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
         logs.close()
     train_seconds = time.time() - t_train
 
-    # ----- final evaluation and outputs ------------------------------------------------------------------------------
+    # ----- final evaluation and outputs (rank 0 writes; every rank returns the same result) --------------------------
     solver = trainer.ema_solver()
-    scores, outputs = evaluate_solver(problem, config, solver, data, label, autocast=autocast, lpips_model=lp)
+    scores, outputs = evaluate_solver(problem, config, solver, data, label, autocast=autocast, lpips_model=lp,
+                                      dist=dist)
     solver = solver.cpu()
     solver.metadata.update(_metadata(problem, config, spec, scores, label))
-    save_solver(solver, paths.solver, overwrite=config.overwrite)
     k = min(config.grid_samples, len(val_idx))
     samples = {"teacher": val_lat[:k], **{name: lat[:k] for name, lat in outputs.items()}}
-    report_path = grid_path = None
-    if config.report:
-        report_path, grid_path = _write_report(problem, config, paths, spec, scores, solver, samples, label,
-                                               train_seconds)
-    with contextlib.suppress(OSError):
-        paths.state.unlink()
-    table = scores_table(scores["methods"], config.nfe)
-    log.info("held-out scores of %s (%d samples, against the teacher):\n%s", paths.stem, scores["n"], table)
-    log.info("solver written to %s", paths.solver)
+
+    def write_outputs() -> tuple[Path | None, Path | None]:
+        save_solver(solver, paths.solver, overwrite=config.overwrite)
+        report_path = grid_path = None
+        if config.report:
+            report_path, grid_path = _write_report(problem, config, paths, spec, scores, solver, samples, label,
+                                                   train_seconds)
+        with contextlib.suppress(OSError):
+            paths.state.unlink()
+        table = scores_table(scores["methods"], config.nfe)
+        log.info("held-out scores of %s (%d samples, against the teacher):\n%s", paths.stem, scores["n"], table)
+        log.info("solver written to %s", paths.solver)
+        return report_path, grid_path
+
+    report_path, grid_path = dist.main_decides(write_outputs)
     return DistillResult(solver=solver, scores=scores, solver_path=paths.solver, report_path=report_path,
                          grid_path=grid_path, run_dir=paths.run_dir, teacher=spec.describe(), label=label,
-                         samples=samples, seconds=time.time() - t_start, train_seconds=train_seconds)
+                         samples=samples, seconds=time.time() - t_start, train_seconds=train_seconds,
+                         world=dist.world)
 
 
 def _info(bar: Any, message: str) -> None:

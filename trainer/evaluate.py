@@ -58,7 +58,7 @@ def sample_solver(problem: DistillProblem, solver: GeneralizedSolver, indices: l
         x = start_state(problem, noise[start:start + batch], s0)
         outs.append(run_student(problem, solver, x, problem.conditions(chunk), autocast=autocast,
                                 differentiable=False).cpu())
-    return torch.cat(outs)
+    return torch.cat(outs) if outs else _no_samples(problem)
 
 
 @torch.no_grad()
@@ -75,8 +75,13 @@ def sample_baselines(problem: DistillProblem, nfe: int, t_eps: float, indices: l
             with autocast():
                 y = fn(problem.denoiser, x, sigmas, problem.conditions(chunk), schedule=problem.schedule, **kwargs)
             parts.append(y.float().cpu())
-        out[name] = torch.cat(parts)
+        out[name] = torch.cat(parts) if parts else _no_samples(problem)
     return out
+
+
+def _no_samples(problem: DistillProblem) -> torch.Tensor:
+    """The end states of zero samples (a process whose share of the held-out set is empty)."""
+    return torch.empty((0, *problem.latent_shape), dtype=torch.float32)
 
 
 @torch.no_grad()

@@ -13,10 +13,13 @@ steps; see the README for the convergence measurement) or in GAS time; ``ipndm-g
 on GITS sigmas with NFE ``n + 1`` (the paper's SD teacher; :mod:`trainer.gits`).
 
 Generation is a pure function of a list of sample indices (:func:`run_teacher` on :func:`sample_noise`), so several
-processes can split the indices. :class:`TeacherCache` stores the results in shards of 64 consecutive indices
-(``shard-<k>.safetensors`` holding ``indices``, ``noise``, ``latents``, with a sha256 of the tensors in the metadata),
-written to a temporary file and renamed into place, in a folder named after a sha256 of the model identity and the
-teacher settings; a damaged shard is reported, deleted and regenerated.
+processes can split the indices (torchrun: :meth:`TeacherCache.get` with a :class:`~trainer.distributed.Dist`).
+:class:`TeacherCache` stores the results in shards of 64 consecutive indices (``shard-<k>.safetensors`` holding
+``indices``, ``noise``, ``latents``, with a sha256 of the tensors in the metadata), written to a temporary file and
+renamed into place, in a folder named after a sha256 of the model identity and the teacher settings; a damaged shard
+is reported, deleted and regenerated. New samples are merged into a shard under an advisory inter-process file lock
+(read, merge, write, rename), so several ranks of one run, or two runs, can fill the same cache at once: no sample
+is lost or stored twice, and a reader never sees a partly written shard.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from gas import sample_gas
 
 from .baselines import ipndm
 from .config import DistillConfig
+from .distributed import Dist, mark_on_every_rank
 from .errors import TeacherCacheError
 from .gits import logsnr_grid, search_gits_sigmas
 from .problem import DistillProblem
@@ -204,19 +208,25 @@ class TeacherCache:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def read_shard(self, shard: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """The samples stored in a shard (``{}`` if absent; a damaged shard is reported and deleted)."""
+    def read_shard(self, shard: int, *, locked: bool = False) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """The samples stored in a shard (``{}`` if absent; a damaged shard is reported and deleted).
+
+        ``locked``: the caller holds the cache lock. A shard that reads as damaged is read again under the lock before
+        it is deleted, so a reader never deletes a shard another process has just replaced with a good one.
+        """
         path = self.shard_path(shard)
         if not path.exists():
             return {}
         try:
-            entries = self._load(path, shard)
+            return self._load(path, shard)
         except Exception as exc:  # damaged in any way: report, delete, regenerate
+            if not locked:
+                with self._lock():
+                    return self.read_shard(shard, locked=True)
             log.warning("teacher cache shard %s is damaged (%s); it will be regenerated", path.name, exc)
             with contextlib.suppress(OSError):
                 path.unlink()
             return {}
-        return entries
 
     def _load(self, path: Path, shard: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         from safetensors import safe_open
@@ -261,44 +271,79 @@ class TeacherCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def merge(self, shard: int, new: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add samples to a shard: read, merge and write it back atomically, under the cache's inter-process lock.
+
+        Samples already there are replaced by the same values (the teacher is a pure function of the index), so two
+        processes or runs merging into one shard at once lose nothing and duplicate nothing.
+        """
+        with self._lock():
+            merged = self.read_shard(shard, locked=True)
+            merged.update(new)
+            self.write_shard(shard, merged)
+
     # ----- main entry ------------------------------------------------------------------------------------------------
     def get(self, indices: Sequence[int], generate: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]], *,
-            batch: int = 16, progress: bool = True, desc: str = "teacher") -> tuple[torch.Tensor, torch.Tensor]:
+            batch: int = 16, progress: bool = True, desc: str = "teacher", dist: Dist | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(noise, latents)`` of ``indices`` in that order, generating and storing the missing ones shard by shard.
 
-        An interruption loses at most the shard being generated.
+        The missing samples of each shard are cut into jobs of at most ``batch`` samples. One process generates them
+        all; under torch.distributed (``dist`` with K ranks) rank 0 lists the jobs and broadcasts the list, job ``j``
+        goes to rank ``j % K``, each rank merges its samples into the shards (:meth:`merge`, once per shard), and
+        after a barrier every rank reads the shards back. Every rank must call this with the same arguments. An
+        interruption loses at most the shard a process was generating; a sample that is still missing at the end is
+        a :class:`~trainer.errors.TeacherCacheError` on every rank.
         """
+        dist = dist or Dist()
         indices = [int(i) for i in indices]
         by_shard: dict[int, list[int]] = {}
         for i in indices:
             by_shard.setdefault(i // SHARD_SIZE, []).append(i)
         found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        missing: dict[int, list[int]] = {}
-        for shard, wanted in sorted(by_shard.items()):
-            stored = self.read_shard(shard)
-            found.update({i: stored[i] for i in wanted if i in stored})
-            todo = sorted({i for i in wanted if i not in stored})
-            if todo:
-                missing[shard] = todo
-        total = sum(len(v) for v in missing.values())
-        if total:
-            log.info("%s: generating %d of %d samples into %s", desc, total, len(set(indices)), self.dir)
-            bar = _progress(total, desc, progress)
+        jobs: list[tuple[int, list[int]]] = []
+        if dist.is_main:
+            for shard, wanted in sorted(by_shard.items()):
+                stored = self.read_shard(shard)
+                found.update({i: stored[i] for i in wanted if i in stored})
+                todo = sorted({i for i in wanted if i not in stored})
+                jobs.extend((shard, todo[start:start + batch]) for start in range(0, len(todo), batch))
+        jobs = dist.broadcast_object(jobs)
+        mine = jobs[dist.rank::dist.world]
+        total = sum(len(chunk) for _, chunk in jobs)
+        if total and dist.is_main:
+            on = f" on {dist.world} processes" if dist.world > 1 else ""
+            log.info("%s: generating %d of %d samples into %s%s", desc, total, len(set(indices)), self.dir, on)
+        if mine:
+            bar = _progress(sum(len(chunk) for _, chunk in mine), desc, progress and dist.is_main)
             try:
-                for shard, todo in missing.items():
-                    new: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-                    for start in range(0, len(todo), batch):
-                        chunk = todo[start:start + batch]
-                        noise, lat = generate(chunk)
-                        new.update({i: (noise[r].cpu(), lat[r].cpu()) for r, i in enumerate(chunk)})
-                        bar.update(len(chunk))
-                    with self._lock():
-                        merged = self.read_shard(shard)
-                        merged.update(new)
-                        self.write_shard(shard, merged)
-                    found.update(new)
+                pending_shard, pending = -1, {}
+                for shard, chunk in mine:
+                    if shard != pending_shard and pending:
+                        self.merge(pending_shard, pending)
+                        found.update(pending)
+                        pending = {}
+                    pending_shard = shard
+                    noise, lat = generate(chunk)
+                    pending.update({i: (noise[r].cpu(), lat[r].cpu()) for r, i in enumerate(chunk)})
+                    bar.update(len(chunk))
+                if pending:
+                    self.merge(pending_shard, pending)
+                    found.update(pending)
             finally:
                 bar.close()
+        if dist.world > 1:
+            dist.barrier()  # every rank's samples are in the shards now
+            reread = sorted(by_shard) if not dist.is_main else sorted({shard for shard, _ in jobs})
+            for shard in reread:
+                stored = self.read_shard(shard)
+                found.update({i: stored[i] for i in by_shard[shard] if i in stored})
+        lost = sorted({i for i in indices if i not in found})
+        if dist.any_flag(bool(lost)):
+            raise mark_on_every_rank(TeacherCacheError(
+                f"the teacher cache {self.dir} lacks {len(lost) or 'some'} samples right after generating them "
+                f"(first missing index {lost[0] if lost else 'on another process'}); another program may have deleted "
+                "or damaged shards: run the command again"))
         noise = torch.stack([found[i][0] for i in indices])
         lat = torch.stack([found[i][1] for i in indices])
         return noise, lat
