@@ -25,12 +25,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic_file import write_atomically
 from .schedules import ScheduleError, schedule_from_metadata
 from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver, used_correction_mask
 
@@ -115,16 +115,7 @@ def save_solver(solver: GeneralizedSolver, path: str | os.PathLike[str], *, over
     meta.pop(_CHECKSUM_KEY, None)
     encoded = {key: json.dumps(value, allow_nan=False) for key, value in meta.items()}
     encoded[_CHECKSUM_KEY] = json.dumps(_content_hash(tensors, encoded))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=encoded)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=encoded))
 
 
 def read_solver_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -4,8 +4,10 @@ silent wrong result)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -280,3 +282,26 @@ def test_importer_refuses_pickled_code(tmp_path):
     torch.save({"ema": Evil()}, path)
     with pytest.raises(SolverFileError, match="weights-only"):
         gas.import_official_checkpoint(path)
+
+
+def test_atomic_writes_keep_the_old_file_on_failure_and_use_normal_permissions(tmp_path):
+    from gas.atomic_file import write_atomically
+
+    target = tmp_path / "sub" / "file.txt"
+    write_atomically(target, lambda tmp: Path(tmp).write_text("old"))
+
+    def fail(tmp: str) -> None:
+        Path(tmp).write_text("partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, fail)
+    assert target.read_text() == "old" and sorted(p.name for p in target.parent.iterdir()) == ["file.txt"]
+    # a solver file gets 0o666 less the umask (readable by a ComfyUI running as another user), not mkstemp's 0o600
+    old_mask = os.umask(0o022)
+    try:
+        path = gas.save_solver(gas.GeneralizedSolver(4, schedule=gas.DiscreteVPSchedule.sd_linear()),
+                               tmp_path / "s.safetensors")
+    finally:
+        os.umask(old_mask)
+    assert path.stat().st_mode & 0o777 == 0o644

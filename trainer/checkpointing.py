@@ -11,11 +11,12 @@ states, the config and the teacher-cache key. Data order and the discriminator's
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gas.atomic_file import write_atomically
 
 from .errors import ResumeError
 
@@ -30,18 +31,8 @@ RESUME_KEYS = ("nfe", "mode", "t_eps", "seed", "train_size", "batch", "lr", "gra
 
 def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Atomically write a training state."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": STATE_FORMAT, "version": STATE_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:

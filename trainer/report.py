@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gas.atomic_file import write_atomically
 
 __all__ = ["BASELINE_REFERENCE", "latents_to_images", "save_grid", "scores_table", "write_markdown"]
 
@@ -67,16 +68,7 @@ def save_grid(path: str | os.PathLike[str], rows: Sequence[tuple[str, torch.Tens
             tile = Image.fromarray(arr[c].permute(1, 2, 0).numpy(), mode="RGB")
             tile = tile.resize((cell, cell), Image.NEAREST if tile.width < cell // 2 else Image.BILINEAR)
             canvas.paste(tile, (label_w + pad + c * (cell + pad), y))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        canvas.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomically(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 def write_markdown(path: str | os.PathLike[str], title: str, sections: Sequence[tuple[str, str]],
@@ -88,13 +80,4 @@ def write_markdown(path: str | os.PathLike[str], title: str, sections: Sequence[
     for heading, body in sections:
         lines += ["", f"## {heading}", "", body]
     text = "\n".join(lines) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -28,8 +28,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from typing import Any
 import torch
 
 from gas import sample_gas
+from gas.atomic_file import write_atomically
 
 from .baselines import ipndm
 from .config import DistillConfig
@@ -184,14 +183,7 @@ class TeacherCache:
         return self.dir / f"shard-{shard:07d}.safetensors"
 
     def _atomic_write_text(self, path: Path, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -261,15 +253,8 @@ class TeacherCache:
         lat = torch.stack([entries[i][1] for i in order]).float().contiguous()
         meta = {"format": _SHARD_FORMAT, "version": str(_SHARD_VERSION), "key": self.key,
                 "sha256": _checksum(idx, noise, lat)}
-        path = self.shard_path(shard)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.dir)
-        os.close(fd)
-        try:
-            save_file({"indices": idx, "noise": noise, "latents": lat}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomically(self.shard_path(shard),
+                         lambda tmp: save_file({"indices": idx, "noise": noise, "latents": lat}, tmp, metadata=meta))
 
     def merge(self, shard: int, new: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Add samples to a shard: read, merge and write it back atomically, under the cache's inter-process lock.
