@@ -1,12 +1,18 @@
 """Trainer benchmark: peak memory and time per training iteration vs NFE, with and without per-call checkpointing.
 
-Usage: ``python -m benchmarks.trainer_memory [--nfe 4 6 8 10] [--iters 3] [--device cpu|cuda] [--size 32]``
+Usage: ``python -m benchmarks.trainer_memory [--nfe 4 6 8 10] [--iters 3] [--device cpu|cuda] [--size 32]
+[--ckpt NAME_OR_PATH | --tiny-sd15] [--comfyui PATH]``
 
-The model is a small UNet-like eps network (conv + GroupNorm + SiLU, two resolutions, skip connection; about 0.6 M
-parameters, random frozen weights) on SD-shaped latents ``[batch, 4, size, size]``, wrapped as a CFG-free k-diffusion
-denoiser on SD1.5's schedule. One iteration is exactly the trainer's GS step (:class:`trainer.distill._Trainer`:
-student through all N calls with autograd, L1 to a target, backward, clip, Adam, EMA). Each configuration runs in a
-fresh subprocess, and the table reports, per iteration:
+The model is, by default, a small UNet-like eps network (conv + GroupNorm + SiLU, two resolutions, skip connection;
+about 0.6 M parameters, random frozen weights) on SD-shaped latents ``[batch, 4, size, size]``, wrapped as a CFG-free
+k-diffusion denoiser on SD1.5's schedule. With ``--ckpt`` it is a real checkpoint loaded through ComfyUI exactly as
+``python -m trainer --ckpt`` loads it (CFG denoiser with the built-in prompts, float timesteps); ``--tiny-sd15`` writes
+the tests' tiny SD1.5-shaped checkpoint (random weights, UNet 13.6 M parameters) to a temporary folder and uses that.
+Both need ComfyUI (``--comfyui`` or ``$COMFYUI_PATH``).
+
+One iteration is exactly the trainer's GS step (:class:`trainer.distill._Trainer`: student through all N calls with
+autograd, L1 to a target, backward, clip, Adam, EMA). Each configuration runs in a fresh subprocess, and the table
+reports, per iteration:
 
 * ``saved MB``: bytes of the tensors autograd keeps for the backward pass at the end of the forward pass (counted
   with ``torch.autograd.graph.saved_tensors_hooks``, unique storages). Checkpointed calls keep only their inputs, so
@@ -23,9 +29,11 @@ import argparse
 import json
 import math
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +41,7 @@ import torch
 from torch import nn
 
 import gas
+from trainer.problem import DistillProblem
 
 
 class TinyUNet(nn.Module):
@@ -66,13 +75,9 @@ class TinyUNet(nn.Module):
         return self.out(h3)
 
 
-def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int) -> dict[str, float]:
-    from trainer.config import DistillConfig
-    from trainer.distill import _Trainer
+def _tiny_unet_problem(device: str, size: int) -> DistillProblem:
     from trainer.problem import DistillProblem
-    from trainer.runtime import resolve_amp
 
-    torch.manual_seed(0)
     dev = torch.device(device)
     net = TinyUNet().to(dev).requires_grad_(False)
 
@@ -80,13 +85,40 @@ def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int) -
         s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
         return x - s * net(x / torch.sqrt(1 + s * s), sigma)
 
-    problem = DistillProblem(denoiser=denoiser, schedule=gas.DiscreteVPSchedule.sd_linear(),
-                             latent_shape=(4, size, size), conditions=lambda idx: {}, device=dev,
-                             identity={"benchmark": "tiny-unet"}, name="bench")
+    return DistillProblem(denoiser=denoiser, schedule=gas.DiscreteVPSchedule.sd_linear(),
+                          latent_shape=(4, size, size), conditions=lambda idx: {}, device=dev,
+                          identity={"benchmark": "tiny-unet"}, name="bench")
+
+
+def _checkpoint_problem(ckpt: str, comfyui: str | None, device: str, size: int) -> DistillProblem:
+    """The trainer's own problem for ``ckpt`` (ComfyUI's loader, CFG 7.5, the built-in prompts), ``8*size`` px."""
+    from trainer.cli import build_parser
+    from trainer.comfy_adapter import build_problem
+    from trainer.prompts import load_prompts
+
+    argv = ["--ckpt", ckpt, "--width", str(8 * size), "--height", str(8 * size), "--device", device]
+    args = build_parser().parse_args(argv + (["--comfyui", comfyui] if comfyui else []))
+    args.prompt_set, args.output_name = load_prompts(None), "bench"
+    return build_problem(args)
+
+
+def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, checkpoint: str | None = None,
+         comfyui: str | None = None) -> dict[str, float]:
+    from trainer.config import DistillConfig
+    from trainer.distill import _Trainer
+    from trainer.runtime import resolve_amp
+    from trainer.teacher import end_sigmas
+
+    torch.manual_seed(0)
+    problem = (_checkpoint_problem(checkpoint, comfyui, device, size) if checkpoint
+               else _tiny_unet_problem(device, size))
+    dev = problem.device
+    shape = problem.latent_shape
     cfg = DistillConfig(nfe=nfe, mode="gs", batch=batch, train_size=max(batch, 16), grad_checkpoint=ckpt, amp="off")
-    trainer = _Trainer(problem, cfg, resolve_amp("off", dev), 14.6146, None)
-    noise = torch.randn(cfg.train_size, 4, size, size)
-    target = torch.randn(cfg.train_size, 4, size, size) * 0.5
+    s0, _ = end_sigmas(problem, cfg.t_eps)
+    trainer = _Trainer(problem, cfg, resolve_amp("off", dev), s0, None)
+    noise = torch.randn(cfg.train_size, *shape)
+    target = torch.randn(cfg.train_size, *shape) * 0.5
 
     # autograd-saved bytes of one forward pass
     seen: dict[int, int] = {}
@@ -100,10 +132,10 @@ def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int) -
 
     from trainer.runtime import run_student, start_state
 
-    x = start_state(problem, noise[:batch], 14.6146)
+    x = start_state(problem, noise[:batch], s0)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run_student(problem, trainer.solver, x, {}, autocast=trainer.autocast, differentiable=True,
-                          grad_checkpoint=ckpt)
+        out = run_student(problem, trainer.solver, x, problem.conditions(list(range(batch))),
+                          autocast=trainer.autocast, differentiable=True, grad_checkpoint=ckpt)
     saved_mb = sum(seen.values()) / 2**20
     del out
 
@@ -133,14 +165,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--size", type=int, default=32, help="latent side (64 = SD1.5 at 512 px)")
     ap.add_argument("--batch", type=int, default=4)
+    model = ap.add_mutually_exclusive_group()
+    model.add_argument("--ckpt", help="a checkpoint (name in ComfyUI's models/checkpoints, or path) instead of the "
+                                      "tiny UNet")
+    model.add_argument("--tiny-sd15", action="store_true",
+                       help="the tests' tiny SD1.5-shaped checkpoint (random weights), written to a temporary folder")
+    ap.add_argument("--comfyui", help="ComfyUI folder for --ckpt / --tiny-sd15 (default: $COMFYUI_PATH)")
     ap.add_argument("--one", nargs=2, metavar=("NFE", "CKPT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        res = _one(int(args.one[0]), args.one[1] == "1", args.iters, args.device, args.size, args.batch)
+        res = _one(int(args.one[0]), args.one[1] == "1", args.iters, args.device, args.size, args.batch, args.ckpt,
+                   args.comfyui)
         print(json.dumps(res))
         return
-    print(f"trainer iteration (GS, L1), tiny UNet eps-model, latents {args.batch}x4x{args.size}x{args.size}, "
-          f"device {args.device}, torch {torch.__version__}")
+    if args.tiny_sd15:
+        from tests.helpers.tiny_checkpoints import write_tiny_sd15
+
+        folder = tempfile.mkdtemp(prefix="gas-bench-")
+        args.ckpt = str(write_tiny_sd15(Path(folder) / "tiny_sd15.safetensors"))
+    try:
+        _table(args)
+    finally:
+        if args.tiny_sd15:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _table(args: argparse.Namespace) -> None:
+    model = (f"{Path(args.ckpt).name} through ComfyUI, CFG, latents {args.batch}x4x{args.size}x{args.size}"
+             if args.ckpt else f"tiny UNet eps-model, latents {args.batch}x4x{args.size}x{args.size}")
+    print(f"trainer iteration (GS, L1), {model}, device {args.device}, torch {torch.__version__}")
     peak_name = "CUDA peak MB" if args.device.startswith("cuda") else "RSS growth MB"
     print(f"| NFE | checkpointing | saved MB | {peak_name} | s/it |")
     print("|---:|---|---:|---:|---:|")
@@ -149,12 +202,14 @@ def main(argv: list[str] | None = None) -> None:
             cmd = [sys.executable, "-m", "benchmarks.trainer_memory", "--one", str(nfe), "1" if ckpt else "0",
                    "--iters", str(args.iters), "--device", args.device, "--size", str(args.size),
                    "--batch", str(args.batch)]
+            cmd += ["--ckpt", args.ckpt] if args.ckpt else []
+            cmd += ["--comfyui", args.comfyui] if args.comfyui else []
             done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
             if done.returncode != 0:
                 print(f"| {nfe} | {'per call' if ckpt else 'off'} | failed: {done.stderr.strip()[-200:]} | | |")
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"| {nfe} | {'per call' if ckpt else 'off'} | {r['saved_mb']:.1f} | {r['peak_mb']:.0f} | "
+            print(f"| {nfe} | {'per call' if ckpt else 'off'} | {r['saved_mb']:.2f} | {r['peak_mb']:.0f} | "
                   f"{r['s_per_it']:.2f} |", flush=True)
 
 
