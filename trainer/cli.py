@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil a few-step GS/GAS solver from a many-step teacher (Generalized Adversarial Solver, "
                     "ICLR 2026). Writes <out>/<name>-nfe<N>-<mode>.safetensors, loadable by the GAS nodes, plus a "
                     "report (.md) and an image grid (.png).",
+        epilog="Several GPUs (or CPU processes): torchrun --nproc_per_node=K -m trainer ... with the same options; "
+               "--batch must be divisible by K (trainer/README.md, 'Multi-GPU').",
         formatter_class=_HelpFormatter,
     )
     what = p.add_argument_group("what to distil")
@@ -117,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"teacher samples for training (default: {_D.train_size}{demo('train_size')})")
     data.add_argument("--val-size", type=int, default=None,
                       help=f"held-out samples for evaluation (default: {_D.val_size}{demo('val_size')})")
-    data.add_argument("--batch", type=int, default=_D.batch, help="batch size")
+    data.add_argument("--batch", type=int, default=_D.batch,
+                      help="global batch size (under torchrun split evenly over the processes)")
     data.add_argument("--iters", type=int, default=None,
                       help=f"training iterations (default: {_D.iters}{demo('iters')})")
     data.add_argument("--lr", type=float, default=_D.lr, help="Adam learning rate of the solver")
