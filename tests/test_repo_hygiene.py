@@ -34,6 +34,15 @@ def test_readme_python_snippet_runs(tmp_path):
     assert (tmp_path / "sd15-nfe4.safetensors").is_file()
 
 
+def test_trainer_readme_python_snippet_runs(tmp_path):
+    text = (REPO_ROOT / "trainer" / "README.md").read_text()
+    snippet = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'GS'" in done.stdout and (tmp_path / "solvers" / "my-model-nfe4-gs.safetensors").is_file()
+
+
 def test_no_machine_paths_in_tracked_files():
     files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
     # the folder this checkout lives in, and the places a developer's tools keep things
