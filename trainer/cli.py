@@ -260,10 +260,7 @@ def _precheck_output(config: DistillConfig, name: str, dist: Dist, *, demo_resum
 def _precheck_files(config: DistillConfig, name: str, world: int, demo_resume: bool) -> None:
     from .distill import _check_writable
 
-    config.validate()
-    if config.batch % world:
-        raise ConfigError(f"--batch ({config.batch}) must be divisible by the number of processes ({world}), so "
-                          "that every process trains on an equal share of each batch")
+    config.validate(world)
     out_dir, _, _ = config.paths()
     _check_writable(out_dir, "output folder")
     target = out_dir / f"{config.name or name}-nfe{config.nfe}-{config.mode}.safetensors"

@@ -125,8 +125,9 @@ class DistillConfig:
         return cls(**kwargs)
 
     # ----- validation --------------------------------------------------------------------------------------------
-    def validate(self) -> None:
-        """Raise :class:`~trainer.errors.ConfigError` (one sentence) on the first value that cannot work."""
+    def validate(self, processes: int = 1) -> None:
+        """Raise :class:`~trainer.errors.ConfigError` (one sentence) on the first value that cannot work, for a run
+        on ``processes`` processes (torchrun), which share each batch evenly."""
 
         def need(cond: bool, message: str) -> None:
             if not cond:
@@ -154,6 +155,9 @@ class DistillConfig:
             need(is_int(value) and value >= 1, f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         need(self.batch <= self.train_size,
              f"--batch ({self.batch}) cannot be larger than --train-size ({self.train_size})")
+        need(self.batch % processes == 0,
+             f"--batch ({self.batch}) must be divisible by the number of processes ({processes}), so that every "
+             "process trains on an equal share of each batch")
         need(is_int(self.grid_samples) and self.grid_samples >= 0, "grid_samples must be a non-negative integer")
         if self.teacher_steps is not None:
             need(is_int(self.teacher_steps) and 1 <= self.teacher_steps <= 10000,

@@ -536,11 +536,8 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
     progress = progress and dist.is_main
 
     def check_inputs() -> None:
-        config.validate()
+        config.validate(dist.world)
         problem.validate()
-        if config.batch % dist.world:
-            raise ConfigError(f"--batch ({config.batch}) must be divisible by the number of processes "
-                              f"({dist.world}), so that every process trains on an equal share of each batch")
 
     dist.agree(check_inputs)
     if not dist.same_digest(_digest(config.to_dict())):
