@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,28 @@ def test_second_run_reuses_the_teacher_cache_and_refuses_to_overwrite(trained):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "generating" not in done.stderr  # the teacher samples came from the cache
     assert (solver_path.parent / "tiny_sd15-nfe6-gas.safetensors").is_file()
+
+
+def test_two_processes_under_torchrun_train_the_checkpoint(trained, tmp_path):
+    """``torchrun --nproc_per_node=2 -m trainer --ckpt ...`` (gloo on the CPU): every process loads the checkpoint
+    through ComfyUI, the teacher is generated on both, and rank 0 writes one solver the nodes can load."""
+    _, _, _, cmd = trained
+    argv = cmd[cmd.index("trainer") + 1:]
+    for flag in ("--out", "--cache-dir", "--run-dir"):
+        argv[argv.index(flag) + 1] = str(tmp_path / flag.strip("-"))
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+              f"--master_port={port.getsockname()[1]}"]
+    port.close()
+    done = subprocess.run([*launch, "-m", "trainer", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=600, env=ENV)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (solver_file,) = (tmp_path / "out").glob("*.safetensors")
+    solver = gas.load_solver(solver_file)
+    assert solver.metadata["model"]["family"] == "SD15" and not solver.is_untrained()
+    shards = list((tmp_path / "cache-dir").glob("teacher-*/shard-*.safetensors"))
+    assert shards, "the teacher cache is empty"
 
 
 def test_bad_checkpoints_get_one_sentence(trained, tmp_path):
