@@ -188,3 +188,29 @@ def test_cli_under_torchrun_takes_the_same_options(tmp_path):
     assert bad.returncode != 0
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--batch (3)" in errors[0] and "2" in errors[0], bad.stderr[-2000:]
+
+
+def test_a_rank_that_fails_alone_does_not_wait_for_the_others(tmp_path):
+    """A failure of one rank (e.g. out of memory on one GPU) ends its process without meeting the others at a barrier,
+    so torchrun stops the job at once instead of waiting for the collective timeout."""
+    script = tmp_path / "fail_alone.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from trainer.distributed import init_distributed, shutdown_distributed\n"
+        "dist = init_distributed('cpu')\n"
+        "if dist.rank == 1:\n"
+        "    shutdown_distributed(all_ranks_here=False)\n"
+        "    sys.exit(3)\n"
+        "dist.all_reduce_sum([1.0])  # rank 0 waits in a collective rank 1 never joins\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(script)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=90)  # with a barrier in the shutdown, both ranks would wait for an hour
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # torchrun passes SIGTERM on to its workers
+        proc.communicate(timeout=60)
+        pytest.fail("the job hung: the failing rank waited for the others")
+    assert proc.returncode != 0 and "rank      : 1" in err, err[-2000:]

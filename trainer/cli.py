@@ -268,7 +268,7 @@ def _precheck_files(config: DistillConfig, name: str, world: int, demo_resume: b
         raise OutputError(f"{target} already exists: pass --overwrite to replace it, or --name to pick another name")
 
 
-def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> int:
+def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> None:
     from .distill import distill
     from .prompts import load_prompts
 
@@ -290,7 +290,6 @@ def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> int:
     if args.prompts:
         problem.extra_metadata.setdefault("prompts", Path(args.prompts).name)
     distill(problem, config, progress=not args.quiet and dist.is_main)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -304,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_usage(sys.stderr)
             print("error: give --ckpt NAME_OR_PATH (a checkpoint) or --demo (the built-in demo)", file=sys.stderr)
         return 2
+    all_ranks_here = False  # whether every process ends here together (then the process group ends cleanly)
     try:
         # Under torchrun: the process group, and cuda:LOCAL_RANK as the current device, before ComfyUI is imported.
         dist = init_distributed(_resolve_device(args.device))
@@ -317,9 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config.mode = mode
                 _precheck_output(config, config.name, dist, demo_resume=True)
             run_demo(config, modes, device=str(dist.device), cfg=args.cfg, progress=not args.quiet and dist.is_main)
-            return 0
-        return _run_checkpoint(args, dist)
+        else:
+            _run_checkpoint(args, dist)
+        all_ranks_here = True
+        return 0
     except TrainerError as exc:
+        all_ranks_here = on_every_rank(exc)
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr)
         elif not on_every_rank(exc):  # an error of this process alone: rank 0 does not know it
@@ -331,4 +334,4 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "command with --resume to continue", file=sys.stderr)
         return 130
     finally:
-        shutdown_distributed()
+        shutdown_distributed(all_ranks_here=all_ranks_here)

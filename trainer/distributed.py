@@ -310,18 +310,22 @@ def init_distributed(device_hint: str | torch.device = "cpu") -> Dist:
                 backend=backend)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(*, all_ranks_here: bool = True) -> None:
     """Destroy the process group if :func:`init_distributed` created it (a process group the caller made stays).
 
-    Call it at the end of a program run under torchrun (the CLI does). It meets the other ranks at a barrier, destroys
-    the group and collects garbage, so that gloo's worker threads have released every tensor before the interpreter
+    Call it at the end of a program run under torchrun (the CLI does). With ``all_ranks_here`` (every rank is known to
+    have reached this point: success, or an error raised on every rank) it first meets the other ranks at a barrier
+    and afterwards collects garbage, so that gloo's worker threads have released every tensor before the interpreter
     exits: a group left to interpreter exit was seen to abort the process about one time in two ("terminate called
-    without an active exception", torch 2.14, CPU), and so was destroying it from an ``atexit`` hook.
+    without an active exception", torch 2.14, CPU), and so was destroying it from an ``atexit`` hook. Without it (an
+    error of this rank alone, an interrupt) there is no barrier, which could wait for a rank that never comes; the
+    process then exits non-zero and torchrun stops the others.
     """
     global _created_group
     if _created_group and tdist.is_available() and tdist.is_initialized():
         with contextlib.suppress(Exception):
-            tdist.barrier()
+            if all_ranks_here:
+                tdist.barrier()
             tdist.destroy_process_group()
         gc.collect()
     _created_group = False
