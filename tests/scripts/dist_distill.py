@@ -6,7 +6,8 @@ Usage: torchrun --nproc_per_node=K tests/scripts/dist_distill.py WORKDIR MODE IT
 
 ``--die-at``: rank R ends its process abruptly (``os._exit``, no clean-up, like a killed process) right after
 iteration STEP; ``--die-in-teacher``: at its CALL-th model call while generating teacher samples. Every rank
-prints one JSON line ``{"rank", "world", "step_log", "solver", "l1"}`` when it finishes.
+writes ``WORKDIR/report-<rank>.json`` (``{"rank", "world", "step_log", "solver", "l1"}``) when it finishes (a file
+per rank: lines that several processes print at once into one pipe can interleave).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ if args.die_in_teacher and rank == args.die_rank:
 config = tiny_config(args.workdir, mode=args.mode, iters=args.iters, ckpt_every=5, train_size=64, val_size=16,
                      eval_batch=8, teacher_batch=8, resume=args.resume)
 result = distill(problem, config, progress=False, callback=callback)
-print(json.dumps({"rank": rank, "world": result.world, "step_log": steps, "solver": str(result.solver_path),
-                  "l1": result.scores["methods"][result.label]["l1"]}), flush=True)
+report = {"rank": rank, "world": result.world, "step_log": steps, "solver": str(result.solver_path),
+          "l1": result.scores["methods"][result.label]["l1"]}
+(args.workdir / f"report-{rank}.json").write_text(json.dumps(report))
 shutdown_distributed()
