@@ -30,25 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _worker(samples: int, steps: int, size: int, device: str, cache_dir: str) -> None:
-    import gas
-    from benchmarks.trainer_memory import TinyUNet
+    from benchmarks.trainer_memory import tiny_unet_problem
     from trainer.config import DistillConfig
     from trainer.distill import load_teacher
     from trainer.distributed import init_distributed, shutdown_distributed
-    from trainer.problem import DistillProblem
     from trainer.runtime import resolve_amp
 
     dist = init_distributed(device)
     torch.manual_seed(0)
-    net = TinyUNet().to(dist.device).requires_grad_(False)
-
-    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
-        return x - s * net(x / torch.sqrt(1 + s * s), sigma)
-
-    problem = DistillProblem(denoiser=denoiser, schedule=gas.DiscreteVPSchedule.sd_linear(),
-                             latent_shape=(4, size, size), conditions=lambda idx: {}, device=dist.device,
-                             identity={"benchmark": "tiny-unet", "size": size}, name="bench")
+    problem = tiny_unet_problem(dist.device, size)
     config = DistillConfig(train_size=samples, val_size=max(dist.world, 2), teacher_steps=steps, teacher_batch=4,
                            cache_dir=cache_dir, amp="off")
     dist.barrier()

@@ -75,7 +75,8 @@ class TinyUNet(nn.Module):
         return self.out(h3)
 
 
-def _tiny_unet_problem(device: str, size: int) -> DistillProblem:
+def tiny_unet_problem(device: str | torch.device, size: int) -> DistillProblem:
+    """The benchmark model (:class:`TinyUNet`, random frozen weights) as a CFG-free problem on SD1.5's schedule."""
     from trainer.problem import DistillProblem
 
     dev = torch.device(device)
@@ -87,7 +88,7 @@ def _tiny_unet_problem(device: str, size: int) -> DistillProblem:
 
     return DistillProblem(denoiser=denoiser, schedule=gas.DiscreteVPSchedule.sd_linear(),
                           latent_shape=(4, size, size), conditions=lambda idx: {}, device=dev,
-                          identity={"benchmark": "tiny-unet"}, name="bench")
+                          identity={"benchmark": "tiny-unet", "size": size}, name="bench")
 
 
 def _checkpoint_problem(ckpt: str, comfyui: str | None, device: str, size: int) -> DistillProblem:
@@ -111,7 +112,7 @@ def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, c
 
     torch.manual_seed(0)
     problem = (_checkpoint_problem(checkpoint, comfyui, device, size) if checkpoint
-               else _tiny_unet_problem(device, size))
+               else tiny_unet_problem(device, size))
     dev = problem.device
     shape = problem.latent_shape
     cfg = DistillConfig(nfe=nfe, mode="gs", batch=batch, train_size=max(batch, 16), grad_checkpoint=ckpt, amp="off")

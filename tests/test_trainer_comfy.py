@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors.torch import load_file
 import gas
 from gas.comfy_bridge import fingerprint_state_dict
 from tests.conftest import REPO_ROOT
-from tests.helpers.comfy_env import ComfyServer, require_comfyui
+from tests.helpers.comfy_env import ComfyServer, free_port, require_comfyui
 from tests.helpers.tiny_checkpoints import write_tiny_sd15
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -81,11 +80,8 @@ def test_two_processes_under_torchrun_train_the_checkpoint(trained, tmp_path):
     argv = cmd[cmd.index("trainer") + 1:]
     for flag in ("--out", "--cache-dir", "--run-dir"):
         argv[argv.index(flag) + 1] = str(tmp_path / flag.strip("-"))
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-              f"--master_port={port.getsockname()[1]}"]
-    port.close()
+              f"--master_port={free_port()}"]
     done = subprocess.run([*launch, "-m", "trainer", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=600, env=ENV)
     assert done.returncode == 0, done.stderr[-4000:]

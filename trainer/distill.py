@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
-import json
 import logging
 import math
 import os
@@ -51,7 +49,7 @@ from gas import GeneralizedSolver, NoiseSchedule, save_solver
 from .checkpointing import check_compatible, load_state, save_state
 from .config import DistillConfig
 from .discriminator import LatentDiscriminator
-from .distributed import Dist, init_distributed, mark_on_every_rank, tensors_digest
+from .distributed import Dist, init_distributed, json_digest, mark_on_every_rank, tensors_digest
 from .ema import EMA
 from .errors import ConfigError, OutputError, ResumeError, TrainingDivergedError, TrainingInterruptedError
 from .evaluate import sample_baselines, sample_solver, score
@@ -473,10 +471,6 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
     return TeacherData(spec, cache, train_noise, train_lat, val_idx, val_noise, val_lat)
 
 
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _sharded(dist: Dist, n: int, run: Callable[[int, int], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """``run(start, stop)`` on this rank's share of ``n`` held-out samples, gathered in order on every rank."""
     lo, hi = dist.local_range(n)
@@ -540,7 +534,7 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
         problem.validate()
 
     dist.agree(check_inputs)
-    if not dist.same_digest(_digest(config.to_dict())):
+    if not dist.same_digest(json_digest(config.to_dict())):
         raise mark_on_every_rank(ConfigError("the processes were given different training options: every process "
                                              "must run the same command"))
     if not problem.identity:

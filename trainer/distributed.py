@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -261,6 +262,11 @@ class Dist:
             return True
         ref = self.broadcast_object(digest)
         return not self.any_flag(ref != digest)
+
+
+def json_digest(data: Any) -> str:
+    """sha256 (hex) of ``data`` as canonical JSON (sorted keys; values JSON cannot hold are written as ``str``)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def tensors_digest(tensors: Sequence[torch.Tensor]) -> str:

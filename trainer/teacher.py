@@ -40,7 +40,7 @@ from gas.atomic_file import write_atomically
 
 from .baselines import ipndm
 from .config import DistillConfig
-from .distributed import Dist, mark_on_every_rank
+from .distributed import Dist, json_digest, mark_on_every_rank
 from .errors import TeacherCacheError
 from .gits import logsnr_grid, search_gits_sigmas
 from .problem import DistillProblem
@@ -166,24 +166,21 @@ class TeacherCache:
     """
 
     def __init__(self, root: str | Path, key_data: dict[str, Any], latent_shape: Sequence[int]) -> None:
-        text = json.dumps(key_data, sort_keys=True, default=str)
-        self.key = hashlib.sha256(text.encode()).hexdigest()
+        self.key = json_digest(key_data)
         self.latent_shape = tuple(latent_shape)
         self.dir = Path(root) / f"teacher-{self.key[:20]}"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             manifest = self.dir / "key.json"
             if not manifest.exists():
-                self._atomic_write_text(manifest, json.dumps(key_data, indent=2, sort_keys=True, default=str))
+                text = json.dumps(key_data, indent=2, sort_keys=True, default=str)
+                write_atomically(manifest, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         except OSError as exc:
             raise TeacherCacheError(f"cannot use the teacher cache folder {self.dir} ({exc.strerror or exc})") from None
 
     # ----- files ---------------------------------------------------------------------------------------------------
     def shard_path(self, shard: int) -> Path:
         return self.dir / f"shard-{shard:07d}.safetensors"
-
-    def _atomic_write_text(self, path: Path, text: str) -> None:
-        write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
