@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .errors import ScheduleError
+
 __all__ = [
     "DiscreteVPSchedule",
     "FlowSchedule",
@@ -31,10 +33,6 @@ __all__ = [
 #: Largest fraction of the flow time used at t = 1 (sigma = 1 has lambda = -inf); mirrors ComfyUI's
 #: ``offset_first_sigma_for_snr`` (``percent_to_sigma(1e-4)``).
 FLOW_U_MAX = 1.0 - 1e-4
-
-
-class ScheduleError(ValueError):
-    """A schedule description that cannot be used (unknown kind, bad numbers)."""
 
 
 class NoiseSchedule:
