@@ -20,6 +20,7 @@ import torch
 import gas
 from gas.comfy_bridge import FloatTimestepOverride, SamplingInfo, decoupled_mode, fingerprint_state_dict
 from gas.solver import used_correction_mask
+from nodes import errors as node_errors
 from nodes import logic
 from tests.helpers.fake_comfy import fake_comfy
 
@@ -181,7 +182,7 @@ def test_check_sigmas_acts_on_the_cores_answer_in_the_nodes_words() -> None:
     message = str(other.value)
     assert message.startswith("These sigmas (4 steps: 14.61, 3.17, 0.447, 0.0292, 0) are not the learned grid")
     assert "GAS Sigmas" in message and logic.NO_SOLVER in message
-    assert logic.GASNodeError is __import__("nodes.errors").errors.GASNodeError
+    assert logic.GASNodeError is node_errors.GASNodeError
 
 
 def test_nodes_silence_the_cores_tail_warning_by_class_only() -> None:
