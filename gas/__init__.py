@@ -2,14 +2,34 @@
 
 Public API::
 
-    from gas import sample_gas, load_solver, save_solver, GeneralizedSolver
-    from gas import DiscreteVPSchedule, FlowSchedule, VESigmaSpace, SolverFileError
+    from gas import sample_gas, load_solver, save_solver, GeneralizedSolver, sigma_fit
+    from gas import DiscreteVPSchedule, FlowSchedule, VESigmaSpace
+    from gas import GASError, SolverFileError, SigmasMismatchError, GASWarning   # all in gas.errors
+
+The method (update rule, time map, sigma-space translation) is described in ``docs/method.md``.
+
+Layering rule: ``gas`` may import the standard library, ``torch``, ``safetensors`` and ``numpy`` (and ``tqdm`` for
+the progress bar, if installed), nothing else. ComfyUI (``comfy``, ``comfy_api``, ``folder_paths``, ``nodes``,
+``latent_preview``) is imported only lazily, inside the functions of :mod:`gas.comfy_bridge`, never when a module is
+imported. That keeps the core usable from plain Python (the
+trainer's demo, the tests, other hosts) without ComfyUI, while the node pack and the trainer's ComfyUI adapter share
+one translation of ComfyUI's model objects. ``tests/test_layering.py`` checks the rule.
 """
 
-from .sampling import SigmasMismatchError, build_plan, sample_gas
-from .schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule, ScheduleError, VESigmaSpace
+from .errors import (
+    GASError,
+    GASWarning,
+    ScheduleError,
+    SigmasError,
+    SigmasMismatchError,
+    SigmasTailWarning,
+    SolverFileError,
+)
+from .grid_fit import FitKind, MismatchReason, SigmaFit, sigma_fit
+from .sampling import build_plan, sample_gas
+from .schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule, VESigmaSpace
 from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver
-from .solver_file import SolverFileError, load_solver, read_solver_metadata, save_solver
+from .solver_file import load_solver, read_solver_metadata, save_solver
 
 __version__ = "0.1.0"
 
@@ -25,11 +45,18 @@ __all__ = [
     "MAX_NFE",
     "MIN_NFE",
     "DiscreteVPSchedule",
+    "FitKind",
     "FlowSchedule",
+    "GASError",
+    "GASWarning",
     "GeneralizedSolver",
+    "MismatchReason",
     "NoiseSchedule",
     "ScheduleError",
+    "SigmaFit",
+    "SigmasError",
     "SigmasMismatchError",
+    "SigmasTailWarning",
     "SolverFileError",
     "VESigmaSpace",
     "__version__",
@@ -39,4 +66,5 @@ __all__ = [
     "read_solver_metadata",
     "sample_gas",
     "save_solver",
+    "sigma_fit",
 ]

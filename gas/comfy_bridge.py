@@ -1,7 +1,8 @@
 """Bridge between ComfyUI's model objects and the GAS core; shared by the node pack and the trainer's ComfyUI adapter.
 
-Nothing from ComfyUI is imported when this module is imported: every ``comfy`` import happens inside a function, so
-the module loads (and its ComfyUI-free parts work) in an environment without ComfyUI.
+This is the only module of ``gas`` that touches ComfyUI, and only lazily (the layering rule of :mod:`gas`): every
+``comfy`` import happens inside a function, so the module loads (and its ComfyUI-free parts work) in an environment
+without ComfyUI.
 
 * :func:`describe_model_sampling` / :func:`schedule_from_model_sampling`: a ComfyUI ``model_sampling`` object as a
   :class:`gas.NoiseSchedule`, plus the prediction type and whether learned solvers support it.
@@ -24,7 +25,8 @@ from typing import Any
 
 import torch
 
-from .schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule, ScheduleError, VESigmaSpace
+from .errors import ScheduleError
+from .schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule, VESigmaSpace
 
 __all__ = [
     "WRAPPER_KEY",

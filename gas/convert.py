@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from .errors import SolverFileError
 from .schedules import DiscreteVPSchedule, NoiseSchedule
 from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver, used_correction_mask
-from .solver_file import SolverFileError, save_solver
+from .solver_file import save_solver
 
 __all__ = ["MODEL_PRESETS", "import_official_checkpoint", "main"]
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .errors import SigmasError, SigmasMismatchError, SigmasTailWarning
+from .grid_fit import GRID_RTOL, fit_to_grid
 from .schedules import NoiseSchedule, VESigmaSpace
 from .solver import GeneralizedSolver
 from .update_rule import TWO_M_FORMS, SolverPlan, build_coefficients
@@ -24,38 +26,8 @@ __all__ = ["DECOUPLED_MODES", "GRID_RTOL", "SigmasMismatchError", "build_plan", 
 #: at the state sigma and only the network timestep is shifted, by the host, through ``timestep_hook`` (exact for
 #: eps-prediction networks).
 DECOUPLED_MODES = ("resigma", "timestep")
-#: Relative tolerance when matching given sigmas against a solver's grid (float32 sigmas must pass).
-GRID_RTOL = 2e-5
 
 TimestepHook = Callable[[torch.Tensor], None]
-
-
-class SigmasMismatchError(ValueError):
-    """The sigmas given to a learned solver are not its grid (nor a tail of it)."""
-
-
-def _grid_position(given: torch.Tensor, grid: torch.Tensor) -> int | None:
-    """Index where ``given`` starts as a tail of ``grid`` (0 = the whole grid), or None if it is not one."""
-    n = given.numel()
-    if n < 2 or n > grid.numel():
-        return None
-    tail = grid[grid.numel() - n:]
-    if torch.allclose(given, tail, rtol=GRID_RTOL, atol=0.0):
-        return grid.numel() - n
-    return None
-
-
-def _mismatch_message(given: torch.Tensor, solver: GeneralizedSolver, grid: torch.Tensor) -> str:
-    shown = ", ".join(f"{v:.4g}" for v in given.tolist()[:8])
-    want = ", ".join(f"{v:.4g}" for v in grid.tolist())
-    if given.numel() and float(given[-1]) == 0.0:
-        hint = " They end in 0: a learned solver stops at its own last sigma, with no final denoise step."
-    else:
-        hint = ""
-    return (
-        f"These sigmas ({given.numel() - 1} steps: {shown}) are not the grid this {solver.nfe}-step solver was trained "
-        f"on ({want}).{hint} Use the solver's own sigmas: GAS Sigmas in ComfyUI, or solver.sigmas(schedule) in Python."
-    )
 
 
 def build_plan(
@@ -70,8 +42,10 @@ def build_plan(
 
     Without a solver: DPM-Solver++(3M) (first order, 2M, then 3M) on the given sigmas; a trailing 0 makes the last
     step return the denoised prediction (as k-diffusion does). With a solver: ``sigmas`` must be the solver's grid for
-    ``schedule``; a proper tail of it (img2img, denoise < 1) is integrated with DPM-Solver++(3M) on those learned
-    timesteps, without the corrections and decoupled times, which belong to the full trajectory.
+    ``schedule`` (:func:`gas.sigma_fit` decides; other sigmas raise :class:`gas.SigmasMismatchError`); a proper tail
+    of it (img2img, denoise < 1) is integrated with DPM-Solver++(3M) on those learned timesteps, without the
+    corrections and decoupled times, which belong to the full trajectory, and a :class:`gas.SigmasTailWarning` says
+    so. Sigmas no solver can run on raise :class:`gas.SigmasError`.
     """
     if decoupled not in DECOUPLED_MODES:
         raise ValueError(f"decoupled must be one of {DECOUPLED_MODES}, got {decoupled!r}")
@@ -79,9 +53,9 @@ def build_plan(
         raise ValueError(f"two_m must be one of {TWO_M_FORMS}, got {two_m!r}")
     sigmas64 = sigmas.detach().to(device="cpu", dtype=torch.float64).flatten()
     if sigmas64.numel() < 2:
-        raise ValueError("sigmas need at least 2 entries (one step)")
+        raise SigmasError("sigmas need at least 2 entries (one step)")
     if not torch.isfinite(sigmas64).all() or (sigmas64 < 0).any() or (sigmas64[1:] >= sigmas64[:-1]).any():
-        raise ValueError("sigmas must be finite, non-negative and strictly decreasing")
+        raise SigmasError("sigmas must be finite, non-negative and strictly decreasing")
 
     sched = schedule or (solver.schedule if solver is not None else None) or VESigmaSpace()
     if solver is None:
@@ -91,16 +65,11 @@ def build_plan(
         return _plan_without_corrections(grid, sched, two_m, denoise_last)
 
     grid = solver.sigmas(sched).to(torch.float64)
-    start = _grid_position(sigmas64, grid.detach().cpu())
-    if start is None:
-        raise SigmasMismatchError(_mismatch_message(sigmas64, solver, grid.detach().cpu()))
-    if start > 0:
-        warnings.warn(
-            f"sigmas are the last {sigmas64.numel() - 1} of the solver's {solver.nfe} steps (denoise < 1): integrating "
-            "them with DPM-Solver++(3M) on the learned timesteps; the learned corrections need the full trajectory",
-            stacklevel=3,
-        )
-        return _plan_without_corrections(grid[start:], sched, two_m, False)
+    fit = fit_to_grid(sigmas64, grid)
+    fit.raise_for_mismatch()
+    if fit.is_tail:
+        warnings.warn(fit.tail_message(), SigmasTailWarning, stacklevel=3)
+        return _plan_without_corrections(grid[fit.start:], sched, two_m, False)
 
     x_coef, m_coef = build_coefficients(grid, sched, solver.a, solver.c, two_m=two_m)
     times = solver.times().to(grid.device)

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .errors import ScheduleError
+
 __all__ = [
     "DiscreteVPSchedule",
     "FlowSchedule",
@@ -33,56 +35,53 @@ __all__ = [
 FLOW_U_MAX = 1.0 - 1e-4
 
 
-class ScheduleError(ValueError):
-    """A schedule description that cannot be used (unknown kind, bad numbers)."""
-
-
 class NoiseSchedule:
     """Base class: the sigma-space maps of one model family and, in subclasses, the GAS time map.
 
-    ``space`` is ``"ve"`` (state ``x0 + s*eps``) or ``"flow"`` (state ``(1-s)*x0 + s*eps``).
+    The base class implements the VE state convention ``x = x0 + s*eps`` (EPS / V-prediction models); a family with
+    another state convention overrides the five sigma-space maps :meth:`rho`, :meth:`alpha`, :meth:`lam`,
+    :meth:`beta` and :meth:`initial_scale` (see :class:`FlowSchedule`), so a new family is one new class.
+    ``space`` names the convention (``"ve"`` or ``"flow"``); two schedules can only match within one space.
+    The formulas are those of ``docs/method.md``, "Sigma space".
     """
 
     space: str = "ve"
 
-    # ----- sigma space -----------------------------------------------------------------------------------------
+    # ----- sigma space (VE: x = x0 + s*eps) ---------------------------------------------------------------------
     def rho(self, s: torch.Tensor) -> torch.Tensor:
-        """Factor with ``y = rho(s) * x``: ``1/sqrt(1+s^2)`` (VE) or ``1`` (flow)."""
-        if self.space == "flow":
-            return torch.ones_like(s)
+        """Factor with ``y = rho(s) * x``: ``1/sqrt(1+s^2)`` (VE)."""
         return torch.rsqrt(1.0 + s * s)
 
     def alpha(self, s: torch.Tensor) -> torch.Tensor:
-        """Signal coefficient of the DPM state: ``1/sqrt(1+s^2)`` (VE) or ``1-s`` (flow)."""
-        if self.space == "flow":
-            return 1.0 - s
+        """Signal coefficient of the DPM state: ``1/sqrt(1+s^2)`` (VE)."""
         return torch.rsqrt(1.0 + s * s)
 
     def sigma_dpm(self, s: torch.Tensor) -> torch.Tensor:
-        """Noise coefficient of the DPM state: ``s*rho(s)`` in both spaces."""
+        """Noise coefficient of the DPM state: ``s*rho(s)`` in every space."""
         return s * self.rho(s)
 
     def lam(self, s: torch.Tensor) -> torch.Tensor:
-        """Half log-SNR ``lambda(s)``: ``-log s`` (VE) or ``log((1-s)/s)`` (flow)."""
-        if self.space == "flow":
-            return torch.log1p(-s) - torch.log(s)
+        """Half log-SNR ``lambda(s) = log(alpha/sigma_dpm)``: ``-log s`` (VE)."""
         return -torch.log(s)
 
     def beta(self, s: torch.Tensor) -> torch.Tensor:
-        """``alpha/rho``: ``1`` (VE) or ``1-s`` (flow); the data-prediction weight in sigma space."""
-        if self.space == "flow":
-            return 1.0 - s
+        """``alpha/rho``, the data-prediction weight in sigma space: ``1`` (VE)."""
         return torch.ones_like(s)
+
+    def initial_scale(self, s0: torch.Tensor) -> torch.Tensor:
+        """Scale of unit noise at ``s0`` for txt2img: ``sqrt(1+s0^2)`` (VE, so that the DPM state ``y_0`` is the
+        noise itself)."""
+        return torch.sqrt(1.0 + s0 * s0)
 
     def initial_state(self, noise: torch.Tensor, s0: float | torch.Tensor) -> torch.Tensor:
         """Start state at ``s0`` from unit noise, as ComfyUI builds it for txt2img (empty latent, max denoise):
-        ``noise*sqrt(1+s0^2)`` (VE, so that the DPM state ``y_0`` is the noise itself) or ``s0*noise`` (flow)."""
+        ``noise * initial_scale(s0)``."""
         s0 = torch.as_tensor(s0, dtype=torch.float64).detach()
-        scale = s0 if self.space == "flow" else torch.sqrt(1.0 + s0 * s0)
-        return noise * float(scale)
+        return noise * float(self.initial_scale(s0))
 
     def first_sigma(self, s0: torch.Tensor) -> torch.Tensor:
-        """The sigma a DPM step may start from: flow ``s >= 1`` (lambda = -inf) moves to ``sigma_of_u(U_MAX)``."""
+        """The sigma a DPM step may start from (``s0`` itself unless lambda is infinite there; see
+        :meth:`FlowSchedule.first_sigma`)."""
         return s0
 
     # ----- GAS time ---------------------------------------------------------------------------------------------
@@ -128,8 +127,6 @@ class VESigmaSpace(NoiseSchedule):
     Enough for DPM-Solver++(3M) on arbitrary sigmas (``solver=None``); a learned solver needs a model schedule.
     """
 
-    space = "ve"
-
     def describe(self) -> str:
         return "VE sigma space (no time map)"
 
@@ -142,7 +139,6 @@ class DiscreteVPSchedule(NoiseSchedule):
     and the network sees the float timestep ``T*t - 1``. At the knots ``s`` equals ComfyUI's discrete sigmas exactly.
     """
 
-    space = "ve"
     has_time = True
 
     def __init__(self, alphas_cumprod: torch.Tensor, *, description: dict[str, Any] | None = None) -> None:
@@ -251,6 +247,28 @@ class FlowSchedule(NoiseSchedule):
         self.shift = float(shift)
         self.multiplier = float(multiplier)
 
+    # ----- sigma space (flow: x = (1-s)*x0 + s*eps, already the DPM state) ----------------------------------------
+    def rho(self, s: torch.Tensor) -> torch.Tensor:
+        """``1``: the flow state is the DPM state."""
+        return torch.ones_like(s)
+
+    def alpha(self, s: torch.Tensor) -> torch.Tensor:
+        """``1-s``."""
+        return 1.0 - s
+
+    def lam(self, s: torch.Tensor) -> torch.Tensor:
+        """``log((1-s)/s)``."""
+        return torch.log1p(-s) - torch.log(s)
+
+    def beta(self, s: torch.Tensor) -> torch.Tensor:
+        """``1-s``."""
+        return 1.0 - s
+
+    def initial_scale(self, s0: torch.Tensor) -> torch.Tensor:
+        """``s0``: ComfyUI's flow start ``s0*noise``."""
+        return s0
+
+    # ----- GAS time -------------------------------------------------------------------------------------------------
     def _warp(self, u: torch.Tensor) -> torch.Tensor:
         a = self.shift
         return a * u / (1.0 + (a - 1.0) * u)
@@ -282,6 +300,8 @@ class FlowSchedule(NoiseSchedule):
         return torch.clamp(t, min=1e-6)
 
     def first_sigma(self, s0: torch.Tensor) -> torch.Tensor:
+        """``s0``, or ``warp(FLOW_U_MAX)`` for ``s0 >= 1`` (lambda = -inf there; ComfyUI offsets the first sigma the
+        same way)."""
         if float(s0) >= 1.0:
             return self._warp(torch.as_tensor(FLOW_U_MAX, dtype=s0.dtype, device=s0.device))
         return s0

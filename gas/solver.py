@@ -8,6 +8,8 @@ Parameters (all zero-initialised except the timesteps, so an untrained solver is
 * ``t_couple [N]``: decoupled network time; node ``k`` evaluates the network at ``t_k + t_couple[k]``.
 * ``a [N, N]``, ``c [N, N]``: additive corrections; row ``i`` is correction index ``i+1``, column ``j`` is step
   ``k = j+1``. Entry ``(i, j)`` is read only when ``i <= j`` (see :mod:`gas.update_rule`).
+
+The method: ``docs/method.md`` sections 1-2 (arXiv 2510.17699).
 """
 
 from __future__ import annotations

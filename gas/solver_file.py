@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from .atomic_file import write_atomically
-from .schedules import ScheduleError, schedule_from_metadata
+from .errors import ScheduleError, SolverFileError
+from .schedules import schedule_from_metadata
 from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver, used_correction_mask
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SolverFileError", "load_solver", "read_solver_metadata", "save_solver"]
@@ -44,15 +45,6 @@ _TENSORS = ("mu_logit", "t_couple", "a", "c")
 _REQUIRED = ("format", "format_version", "nfe", "t_eps", "schedule")
 _GRID_RTOL = 1e-6
 _CHECKSUM_KEY = "content_sha256"
-
-
-class SolverFileError(ValueError):
-    """A solver file that cannot be used. The message names the file and the problem in one sentence."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"GAS solver file '{self.path}': {problem}")
 
 
 def _is_valid_grid(grid: torch.Tensor) -> bool:

@@ -12,7 +12,7 @@ with ``h = lambda_k - lambda_{k-1}``, ``phi1 = exp(-h) - 1``, ``phi2 = phi1/h + 
 newest data predictions. Every term is linear in the history, so step ``k`` is
 ``x_k = sum_i X[k-1, i] x_i + sum_i M[k-1, i] m_i`` in sigma space (``x_i = y_i / rho_i``). The plan holds those two
 lower-triangular matrices, differentiable in the solver parameters, and the per-call quantities of the decoupled
-network time.
+network time. The rule and its sigma-space form: ``docs/method.md`` sections 3 and 6.
 """
 
 from __future__ import annotations

@@ -1,22 +1,26 @@
 """Everything the nodes decide that does not need ComfyUI: the solver folder, solver files, compatibility checks,
 sigma grids and the messages users read. Importable without ComfyUI (the CI tests exercise it directly).
 
-Every refusal is a :class:`GASNodeError` (a ``ValueError``) whose message is one plain sentence naming the solver and
-what to do; warnings are returned as strings for the caller to log.
+Every refusal is a :class:`~nodes.errors.GASNodeError` (a ``ValueError``) whose message is one plain sentence naming
+the solver and what to do; warnings are returned as strings for the caller to log. Whether sigmas fit a solver is the
+core's decision (:func:`gas.sigma_fit`); the nodes act on its structured answer and only choose the words.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ._gas import comfy_bridge, core
+from .errors import GASNodeError
 
 #: The dropdown entry meaning "no learned solver": DPM-Solver++(3M) on whatever sigmas arrive.
 NO_SOLVER = "(none) DPM-Solver++(3M)"
@@ -32,12 +36,9 @@ MAX_NO_SOLVER_STEPS = 100
 DEFAULT_CFG = 7.5
 #: A cfg further than this from the solver's is reported.
 CFG_TOLERANCE = 1e-3
-#: Relative tolerance when matching sigmas against a learned grid (float32 sigmas must pass): the core's own.
-GRID_RTOL = core.sampling.GRID_RTOL
-
-
-class GASNodeError(ValueError):
-    """A problem the user must fix; the message is one sentence meant for the ComfyUI error dialog."""
+#: What to do when sigmas do not fit a learned solver (the end of every mismatch sentence).
+SIGMAS_FIX = (f"connect GAS Sigmas (with the same solver and model) to the sampler's sigmas input, or choose "
+              f"'{NO_SOLVER}' to sample on any sigmas")
 
 
 # ----- the solver folder ----------------------------------------------------------------------------------------------
@@ -183,53 +184,28 @@ def grid_tail(grid: torch.Tensor, denoise: float) -> torch.Tensor:
     return grid[n - k:]
 
 
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= GRID_RTOL * abs(b)
+def solver_label(name: str) -> str:
+    """How messages name the solver chosen in a dropdown."""
+    return f"GAS solver '{name}'"
 
 
-def _tail_start(given: Sequence[float], grid: Sequence[float]) -> int | None:
-    n = len(given)
-    if n < 2 or n > len(grid):
-        return None
-    start = len(grid) - n
-    return start if all(_close(g, w) for g, w in zip(given, grid[start:], strict=True)) else None
+def check_sigmas(sigmas: torch.Tensor, solver: core.GeneralizedSolver, schedule: core.NoiseSchedule,
+                 name: str) -> core.SigmaFit:
+    """The core's answer whether ``sigmas`` fit solver ``name`` on ``schedule``; a mismatch raises
+    :class:`GASNodeError` with the core's reason in the node's words."""
+    fit = core.sigma_fit(sigmas, solver, schedule)
+    if not fit.fits:
+        raise GASNodeError(fit.message(solver_label(name), SIGMAS_FIX))
+    return fit
 
 
-def _fmt(values: Sequence[float], limit: int = 8) -> str:
-    shown = ", ".join(f"{v:.4g}" for v in values[:limit])
-    return shown + (", ..." if len(values) > limit else "")
-
-
-def sigmas_problem(given: Sequence[float], grid: Sequence[float], name: str) -> str | None:
-    """Why ``given`` sigmas cannot drive the learned solver ``name`` whose grid is ``grid`` (None: the grid or a
-    tail of it). Distinguishes a trailing 0, an NFE mismatch and sigmas from another schedule."""
-    given, grid = [float(v) for v in given], [float(v) for v in grid]
-    nfe = len(grid) - 1
-    if _tail_start(given, grid) is not None:
-        return None
-    fix = "connect GAS Sigmas (with the same solver and model) to the sampler's sigmas input"
-    steps = len(given) - 1
-    if len(given) >= 3 and given[-1] == 0.0 and _tail_start(given[:-1], grid) is not None:
-        return (f"The sigmas end in 0, but GAS solver '{name}' stops at its last learned sigma ({grid[-1]:.4g}) "
-                f"without a final denoise step; {fix}")
-    if given and steps != nfe and _close(given[0], grid[0]):
-        return (f"NFE mismatch: the sigmas have {steps} steps but GAS solver '{name}' was trained for {nfe}; {fix}, "
-                f"or use a {steps}-step solver")
-    return (f"These sigmas ({steps} steps: {_fmt(given)}) are not the learned grid of GAS solver '{name}' ({nfe} "
-            f"steps: {_fmt(grid)}); {fix}, or choose '{NO_SOLVER}' to sample on any schedule")
-
-
-def tail_message(name: str, steps: int, nfe: int) -> str:
-    """What happens with a tail of the learned grid (denoise < 1), in words."""
-    return (f"denoise < 1: running the last {steps} of the {nfe} learned steps of GAS solver '{name}' with plain "
-            "DPM-Solver++(3M) on the learned timesteps; the learned corrections and decoupled times only apply to the "
-            "full trajectory from pure noise")
-
-
-def is_tail(given: Sequence[float], grid: Sequence[float]) -> bool:
-    """True when ``given`` is a proper tail of ``grid`` (denoise < 1)."""
-    start = _tail_start([float(v) for v in given], [float(v) for v in grid])
-    return start is not None and start > 0
+@contextmanager
+def core_tail_warning_silenced() -> Iterator[None]:
+    """Ignore the core's :class:`gas.SigmasTailWarning` (by class) while a node samples: the node has already logged
+    the tail in its own words (:meth:`gas.SigmaFit.tail_message` with the solver's dropdown name)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=core.SigmasTailWarning)
+        yield
 
 
 # ----- compatibility --------------------------------------------------------------------------------------------------
@@ -372,13 +348,13 @@ def describe_solver(solver: core.GeneralizedSolver | None, name: str) -> str:
     else:
         lines.append("held-out scores: (not recorded)")
     if solver.schedule is not None:
-        lines.append(f"learned sigmas: {_fmt(solver.sigmas().tolist(), limit=17)}")
+        lines.append(f"learned sigmas: {core.grid_fit.format_values(solver.sigmas().tolist(), limit=17)}")
     with torch.no_grad():
         shifts = solver.t_couple.detach().double().tolist()
         used = solver.used_mask()
         a_max = float(solver.a.detach().abs()[used].max()) if used.any() else 0.0
         c_max = float(solver.c.detach().abs()[used].max()) if used.any() else 0.0
-    lines.append(f"decoupled time shifts: {_fmt(shifts, limit=17)}")
+    lines.append(f"decoupled time shifts: {core.grid_fit.format_values(shifts, limit=17)}")
     lines.append(f"largest correction: |a| {a_max:.3g}, |c| {c_max:.3g}")
     extra = sorted(set(meta) - {"model", "cfg", "mode", "teacher", "loss", "iterations", "created", "pack_version",
                                 "scores", "grid_sigmas"})

@@ -5,9 +5,10 @@ ComfyUI's KSAMPLER scales the noise for ``sigmas[0]``, wraps the callback (progr
 learned solver needs around :func:`gas.sample_gas`:
 
 1. the model's schedule, family and weights fingerprint from ``model.inner_model.inner_model`` (the ``BaseModel``
-   behind the guider), checked against the solver file: a mismatch raises :class:`logic.GASNodeError` (one sentence)
+   behind the guider), checked against the solver file: a mismatch raises :class:`GASNodeError` (one sentence)
    before any network call; a different cfg or checkpoint is logged as a warning;
-2. the sigmas checked against the solver's grid (a tail of it is img2img, integrated without the corrections);
+2. the sigmas checked against the solver's grid by :func:`gas.sigma_fit` (a tail of it is img2img, integrated
+   without the corrections; the core's :class:`gas.SigmasTailWarning` is filtered by class, the node logs its own);
 3. for discrete-schedule (SD) models, the float-timestep wrapper in a *copy* of ``extra_args["model_options"]``,
    so the network sees ``1000*t - 1`` of each GAS time instead of ComfyUI's rounded integer timestep.
 """
@@ -15,7 +16,6 @@ learned solver needs around :func:`gas.sample_gas`:
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 
 from . import logic
 from ._gas import comfy_bridge, core
+from .errors import GASNodeError
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +57,15 @@ def _check_solver(spec: SamplerSpec, info: comfy_bridge.SamplingInfo, base: Any,
     assert solver is not None
     verdict = logic.compatibility(solver, spec.name, info, comfy_bridge.model_identity(base))
     if verdict.error is not None:
-        raise logic.GASNodeError(verdict.error)
+        raise GASNodeError(verdict.error)
     for message in verdict.warnings:
         log.warning("[GAS] %s", message)
-    grid = logic.solver_grid(solver, schedule, solver.nfe)
-    problem = logic.sigmas_problem(sigmas.detach().cpu().tolist(), grid.tolist(), spec.name)
-    if problem is not None:
-        raise logic.GASNodeError(problem)
+    fit = logic.check_sigmas(sigmas, solver, schedule, spec.name)
     cfg_message = logic.cfg_warning(solver, spec.name, _guider_cfg(guider))
     if cfg_message is not None:
         log.warning("[GAS] %s", cfg_message)
-    if logic.is_tail(sigmas.detach().cpu().tolist(), grid.tolist()):
-        log.warning("[GAS] %s", logic.tail_message(spec.name, sigmas.numel() - 1, solver.nfe))
+    if fit.is_tail:
+        log.warning("[GAS] %s", fit.tail_message(logic.solver_label(spec.name)))
 
 
 def sample_gas_in_comfy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict[str, Any] | None = None,
@@ -79,8 +77,8 @@ def sample_gas_in_comfy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
     guider = getattr(model, "inner_model", None)
     base = getattr(guider, "inner_model", None)
     if base is None or not hasattr(base, "model_sampling"):
-        raise logic.GASNodeError("the GAS sampler must be run by ComfyUI's samplers (SamplerCustom, "
-                                 "SamplerCustomAdvanced or GAS KSampler)")
+        raise GASNodeError("the GAS sampler must be run by ComfyUI's samplers (SamplerCustom, "
+                           "SamplerCustomAdvanced or GAS KSampler)")
     info = comfy_bridge.describe_model_sampling(base.model_sampling)
     schedule = logic.effective_schedule(spec.solver, info)
     if spec.solver is not None:
@@ -93,9 +91,7 @@ def sample_gas_in_comfy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
         extra["model_options"] = override.install(extra.get("model_options"))
     decoupled = comfy_bridge.decoupled_mode(info) if spec.solver is not None else "resigma"
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # the core's own denoise < 1 warning; _check_solver logged it in plain words
-            warnings.filterwarnings("ignore", message=r"sigmas are the last", category=UserWarning)
+        with torch.no_grad(), logic.core_tail_warning_silenced():  # _check_solver logged the tail in its words
             return core.sample_gas(model, x, sigmas, extra, callback, disable, spec.solver, schedule=schedule,
                                    decoupled=decoupled, timestep_hook=override.hook if override else None)
     finally:

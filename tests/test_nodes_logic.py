@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 import gas
 from gas.comfy_bridge import FloatTimestepOverride, SamplingInfo, decoupled_mode, fingerprint_state_dict
 from gas.solver import used_correction_mask
+from nodes import errors as node_errors
 from nodes import logic
 from tests.helpers.fake_comfy import fake_comfy
 
@@ -159,21 +161,47 @@ def test_effective_schedule() -> None:
     assert logic.effective_schedule(trained(), sd15_info()) is SD
 
 
-def test_sigmas_problem_messages() -> None:
-    grid = trained().sigmas(SD).detach()
-    as_float32 = grid.float().tolist()
-    assert logic.sigmas_problem(as_float32, grid.tolist(), "s") is None
-    assert logic.sigmas_problem(as_float32[2:], grid.tolist(), "s") is None
-    assert logic.is_tail(as_float32[2:], grid.tolist()) and not logic.is_tail(as_float32, grid.tolist())
-    trailing = logic.sigmas_problem([*as_float32, 0.0], grid.tolist(), "s")
-    assert trailing.startswith("The sigmas end in 0, but GAS solver 's' stops at its last learned sigma")
-    six = trained(nfe=6).sigmas(SD).detach().tolist()
-    assert logic.sigmas_problem(six, grid.tolist(), "s").startswith(
-        "NFE mismatch: the sigmas have 6 steps but GAS solver 's' was trained for 4")
-    karras = [14.6146, 3.17, 0.447, 0.0292, 0.0]
-    other = logic.sigmas_problem(karras, grid.tolist(), "s")
-    assert other.startswith("These sigmas (4 steps: 14.61, 3.17, 0.447, 0.0292, 0) are not the learned grid")
-    assert "GAS Sigmas" in other and logic.NO_SOLVER in other
+def test_check_sigmas_acts_on_the_cores_answer_in_the_nodes_words() -> None:
+    solver = trained()
+    grid = solver.sigmas(SD).detach()
+    as_float32 = grid.float()
+    assert logic.check_sigmas(as_float32, solver, SD, "s").kind is gas.FitKind.FULL
+    tail = logic.check_sigmas(as_float32[2:], solver, SD, "s")
+    assert tail.is_tail and tail.steps == 2
+    assert tail.tail_message(logic.solver_label("s")).startswith(
+        "denoise < 1: running the last 2 of the 4 learned steps of GAS solver 's' with plain DPM-Solver++(3M)")
+    with pytest.raises(logic.GASNodeError) as trailing:
+        logic.check_sigmas(torch.cat([as_float32, torch.zeros(1)]), solver, SD, "s")
+    assert str(trailing.value).startswith("The sigmas end in 0, but GAS solver 's' stops at its last learned sigma")
+    with pytest.raises(logic.GASNodeError) as six:
+        logic.check_sigmas(trained(nfe=6).sigmas(SD).detach(), solver, SD, "s")
+    assert str(six.value).startswith("NFE mismatch: the sigmas have 6 steps but GAS solver 's' was trained for 4")
+    karras = torch.tensor([14.6146, 3.17, 0.447, 0.0292, 0.0])
+    with pytest.raises(logic.GASNodeError) as other:
+        logic.check_sigmas(karras, solver, SD, "s")
+    message = str(other.value)
+    assert message.startswith("These sigmas (4 steps: 14.61, 3.17, 0.447, 0.0292, 0) are not the learned grid")
+    assert "GAS Sigmas" in message and logic.NO_SOLVER in message
+    assert logic.GASNodeError is node_errors.GASNodeError
+
+
+def test_nodes_silence_the_cores_tail_warning_by_class_only() -> None:
+    """The nodes log the tail themselves; the core's SigmasTailWarning is filtered by its class, other warnings pass."""
+    solver = trained()
+    tail = solver.sigmas(SD).detach()[2:]
+    x = torch.randn(1, 4, 8, 8)
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    with pytest.warns(gas.SigmasTailWarning):
+        gas.sample_gas(denoiser, x, tail, solver=solver, disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with logic.core_tail_warning_silenced():
+            gas.sample_gas(denoiser, x, tail, solver=solver, disable=True)
+            with pytest.warns(gas.GASWarning, match="another"):
+                warnings.warn("another core warning", gas.GASWarning, stacklevel=1)
 
 
 # ----- compatibility ------------------------------------------------------------------------------------------------

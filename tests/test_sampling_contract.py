@@ -37,10 +37,10 @@ def test_other_sigmas_are_refused_with_a_pointer_to_the_right_ones():
     with pytest.raises(gas.SigmasMismatchError, match="GAS Sigmas"):
         gas.sample_gas(model, noise, karras, solver=solver, disable=True)
     with_zero = torch.cat([solver.sigmas().float(), torch.zeros(1)])
-    with pytest.raises(gas.SigmasMismatchError, match="no final denoise"):
+    with pytest.raises(gas.SigmasMismatchError, match="without a final denoise step"):
         gas.sample_gas(model, noise, with_zero, solver=solver, disable=True)
     wrong_nfe = gas.GeneralizedSolver(6, schedule=SD).sigmas()
-    with pytest.raises(gas.SigmasMismatchError, match="4-step solver"):
+    with pytest.raises(gas.SigmasMismatchError, match="have 6 steps but this solver was trained for 4"):
         gas.sample_gas(model, noise, wrong_nfe, solver=solver, disable=True)
 
 
@@ -57,7 +57,7 @@ def test_tail_of_grid_runs_3m_on_learned_timesteps_with_a_warning():
     solver = trained_looking()
     model, noise = model_and_noise()
     tail = solver.sigmas()[2:]
-    with pytest.warns(UserWarning, match="denoise < 1"):
+    with pytest.warns(gas.SigmasTailWarning, match="denoise < 1"):
         out = gas.sample_gas(model, noise, tail, solver=solver, disable=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -177,3 +177,52 @@ def test_discrete_time_map_round_trips_and_hits_comfyui_knots():
     assert SD.sigma_min == pytest.approx(0.0291672, rel=1e-5) and SD.sigma_max == pytest.approx(14.61464, rel=1e-5)
     uniform4 = gas.GeneralizedSolver(4, schedule=SD).sigmas()
     assert uniform4.tolist() == pytest.approx([14.6146, 4.0861, 1.6156, 0.6952, 0.0292], abs=1e-4)
+
+
+class VPStateSchedule(gas.NoiseSchedule):
+    """A new state convention in one class: variance preserving, ``x = sqrt(1-s^2)*x0 + s*eps`` (``s < 1``); only
+    the five sigma-space maps are overridden."""
+
+    space = "vp-state"
+
+    def rho(self, s):
+        return torch.ones_like(s)
+
+    def alpha(self, s):
+        return torch.sqrt(1.0 - s * s)
+
+    def lam(self, s):
+        return 0.5 * torch.log1p(-s * s) - torch.log(s)
+
+    def beta(self, s):
+        return torch.sqrt(1.0 - s * s)
+
+    def initial_scale(self, s0):
+        return s0
+
+
+@pytest.mark.parametrize("schedule", [gas.VESigmaSpace(), SD, gas.FlowSchedule(3.0), VPStateSchedule()],
+                         ids=lambda s: type(s).__name__)
+def test_sigma_space_maps_are_consistent(schedule):
+    s = torch.tensor([0.03, 0.2, 0.5, 0.9], dtype=torch.float64)
+    assert torch.allclose(schedule.beta(s), schedule.alpha(s) / schedule.rho(s), rtol=1e-14)
+    assert torch.allclose(schedule.sigma_dpm(s) / schedule.rho(s), s, rtol=1e-14)
+    assert torch.allclose(schedule.lam(s), torch.log(schedule.alpha(s) / schedule.sigma_dpm(s)), rtol=1e-12)
+
+
+def test_a_new_state_convention_is_one_class():
+    """DPM-Solver++(3M) in a variance-preserving state convention equals the VE run mapped into that convention
+    (``x_vp = x_ve / sqrt(1 + s_ve^2)`` at ``s_vp = s_ve / sqrt(1 + s_ve^2)``): same lambdas, same x0 predictions."""
+    model_ve, noise = model_and_noise(torch.float64)
+    sigmas_ve = torch.tensor([14.6, 4.0, 1.3, 0.4, 0.1, 0.03], dtype=torch.float64)
+    ve, vp = gas.VESigmaSpace(), VPStateSchedule()
+    sigmas_vp = sigmas_ve * ve.rho(sigmas_ve)
+
+    def model_vp(x, s):
+        c = torch.sqrt(1.0 - s * s)
+        return model_ve(x / c.reshape(-1, 1, 1, 1), s / c)
+
+    x_ve = ve.initial_state(noise, sigmas_ve[0])
+    out_ve = gas.sample_gas(model_ve, x_ve, sigmas_ve, schedule=ve, disable=True)
+    out_vp = gas.sample_gas(model_vp, ve.rho(sigmas_ve[0]) * x_ve, sigmas_vp, schedule=vp, disable=True)
+    assert torch.allclose(out_vp, ve.rho(sigmas_ve[-1]) * out_ve, rtol=1e-9, atol=1e-11)

@@ -1,6 +1,6 @@
 """Every training option, with its default and a one-line meaning: :class:`DistillConfig`.
 
-Defaults follow the GAS paper's Stable Diffusion recipe (GAS_SPEC.md section 7): Adam lr 1e-3, gradient clip 1,
+Defaults follow the GAS paper's Stable Diffusion recipe (docs/method.md section 9): Adam lr 1e-3, gradient clip 1,
 EMA 0.999, batch 4, 2000 iterations, 1400 training and 128 held-out samples, seed 42; GAS adds a discriminator on
 latents with Adam lr 1e-5, R1/R2 gamma 0.2 and adversarial weight 1. The CLI builds a config from its options and
 ``trainer.distill`` takes one.

@@ -1,4 +1,4 @@
-"""An R3GAN-style discriminator on latents, trained from scratch, for any latent size (GAS_SPEC.md section 7.1).
+"""An R3GAN-style discriminator on latents, trained from scratch, for any latent size (docs/method.md section 9).
 
 Layout (widths ``W``, group counts ``G``, ``blocks`` residual blocks per stage, expansion 2, kernel 3):
 

@@ -1,4 +1,4 @@
-"""GITS sigma grids for the paper's SD teacher ("iPNDM on GITS sigmas at NFE n+1", GAS_SPEC.md section 7.3).
+"""GITS sigma grids for the paper's SD teacher ("iPNDM on GITS sigmas at NFE n+1", docs/method.md section 9).
 
 Two sources:
 

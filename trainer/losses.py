@@ -1,4 +1,4 @@
-"""Losses of GS/GAS training (GAS_SPEC.md section 7.2); every function returns per-sample values ``[B]``.
+"""Losses of GS/GAS training (docs/method.md section 9); every function returns per-sample values ``[B]``.
 
 * distillation: ``l1_latents = mean |student - teacher|`` over a sample's latent entries; ``lpips`` = LPIPS-VGG
   between the decoded images, resized bilinearly to 224x224 and clipped to [-1, 1].
