@@ -32,7 +32,7 @@ FLOW_SOLVER = "sd3-flow-nfe4-test.safetensors"  # in the extra_model_paths.yaml 
 OTHER_CKPT_SOLVER = "sd15-otherckpt-test.safetensors"
 BROKEN = "broken-test.safetensors"
 NO_SOLVER = "(none) DPM-Solver++(3M)"
-NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo")
+NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo", "GASModelPatch")
 ENV = {"OMP_NUM_THREADS": "1"}
 
 
