@@ -155,23 +155,28 @@ def custom_advanced() -> Graph:
     return g
 
 
+def _ksampler_chain(g: Graph, type_: str, at: tuple[int, int], size: tuple[int, int], widgets: list[Any],
+                    sources: tuple[Node, Node, Node, Node], ckpt: Node, prefix: str) -> None:
+    """A KSampler-style node fed by (model, positive, negative, latent), then VAE Decode and Save Image to its right."""
+    ks = g.add(type_, at, size, widgets,
+               inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                       ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")])
+    for source, name in zip(sources, ("model", "positive", "negative", "latent_image"), strict=True):
+        g.link(source, 0, ks, name)
+    decode = g.add("VAEDecode", (at[0] + 360, at[1]), (210, 50), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                   outputs=[("IMAGE", "IMAGE")])
+    g.link(ks, 0, decode, "samples")
+    g.link(ckpt, 2, decode, "vae")
+    save = g.add("SaveImage", (at[0] + 600, at[1]), (400, 440), [prefix], inputs=[("images", "IMAGE")])
+    g.link(decode, 0, save, "images")
+
+
 def ksampler() -> Graph:
     """SD1.5 text-to-image with the one-node GAS KSampler, plus GAS Solver Info shown by Preview Any."""
     g = Graph()
     ckpt, pos, neg, latent = _text_nodes(g)
-    ks = g.add("GASKSampler", (800, 0), (320, 290), [SEED, "fixed", 0.0, SOLVER, 0, 1.0],
-               inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                       ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")])
-    g.link(ckpt, 0, ks, "model")
-    g.link(pos, 0, ks, "positive")
-    g.link(neg, 0, ks, "negative")
-    g.link(latent, 0, ks, "latent_image")
-    decode = g.add("VAEDecode", (1160, 0), (210, 50), inputs=[("samples", "LATENT"), ("vae", "VAE")],
-                   outputs=[("IMAGE", "IMAGE")])
-    g.link(ks, 0, decode, "samples")
-    g.link(ckpt, 2, decode, "vae")
-    save = g.add("SaveImage", (1400, 0), (400, 440), ["gas_ksampler"], inputs=[("images", "IMAGE")])
-    g.link(decode, 0, save, "images")
+    _ksampler_chain(g, "GASKSampler", (800, 0), (320, 290), [SEED, "fixed", 0.0, SOLVER, 0, 1.0],
+                    (ckpt, pos, neg, latent), ckpt, "gas_ksampler")
     info = g.add("GASSolverInfo", (800, 340), (320, 60), [SOLVER], outputs=[("info", "STRING")])
     preview = g.add("PreviewAny", (1160, 340), (400, 300), [], inputs=[("source", "*")],
                     title="What the solver was trained for")
@@ -180,6 +185,23 @@ def ksampler() -> Graph:
         "# GAS KSampler\n\nOne node: the solver fixes the steps (steps 0 = its NFE) and cfg 0 uses the cfg it was "
         f"trained for. Put `{SOLVER}` into `models/gas_solvers`.\n\nGAS Solver Info shows what the file was trained "
         "for (model, NFE, cfg, schedule, scores)."))
+    return g
+
+
+def stock_ksampler() -> Graph:
+    """SD1.5 text-to-image with ComfyUI's own KSampler: GAS Model Patch, sampler 'gas', scheduler 'gas'."""
+    g = Graph()
+    ckpt, pos, neg, latent = _text_nodes(g)
+    patch = g.add("GASModelPatch", (800, 0), (320, 80), [SOLVER], inputs=[("model", "MODEL")],
+                  outputs=[("MODEL", "MODEL")])
+    g.link(ckpt, 0, patch, "model")
+    _ksampler_chain(g, "KSampler", (800, 130), (320, 270), [SEED, "fixed", NFE, CFG, "gas", "gas", 1.0],
+                    (patch, pos, neg, latent), ckpt, "gas_stock_ksampler")
+    _note(g, (0, 520), (
+        "# GAS in the stock KSampler\n\nGAS Model Patch attaches the solver to the model; in the KSampler choose "
+        f"sampler **gas** and scheduler **gas** and set steps to the solver's NFE ({NFE}). Put `{SOLVER}` into "
+        "`models/gas_solvers`.\n\nLoRA loaders and ModelSampling nodes go before GAS Model Patch. Another step "
+        "count runs the nearest learned grid resampled, as DPM-Solver++(3M) (the console says so)."))
     return g
 
 
@@ -229,6 +251,8 @@ WORKFLOWS = {
                                                  ["GAS Sampler", "GAS Sigmas", "SamplerCustomAdvanced", "Save"], True),
     "gas_sd15_txt2img_gas_ksampler": (ksampler, "GAS KSampler", ["Prompts", "GAS KSampler", "VAE Decode", "Save"],
                                       True),
+    "GAS stock KSampler": (stock_ksampler, "KSampler: sampler gas, scheduler gas",
+                           ["GAS Model Patch", "KSampler", "VAE Decode", "Save"], True),
     "gas_sd15_compare_equal_nfe": (compare, "GAS vs dpmpp_2m vs teacher, one seed",
                                    [f"GAS {NFE} NFE", f"dpmpp_2m {NFE}", f"teacher {TEACHER_STEPS}"], False),
 }

@@ -3,6 +3,7 @@
 Public API::
 
     from gas import sample_gas, load_solver, save_solver, GeneralizedSolver, sigma_fit
+    from gas import SolverSet, load_solver_set, save_solver_set, combine_solver_files   # several NFEs in one file
     from gas import DiscreteVPSchedule, FlowSchedule, VESigmaSpace
     from gas import GASError, SolverFileError, SigmasMismatchError, GASWarning   # all in gas.errors
 
@@ -29,7 +30,15 @@ from .grid_fit import FitKind, MismatchReason, SigmaFit, sigma_fit
 from .sampling import build_plan, sample_gas
 from .schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule, VESigmaSpace
 from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver
-from .solver_file import load_solver, read_solver_metadata, save_solver
+from .solver_file import (
+    combine_solver_files,
+    load_solver,
+    load_solver_set,
+    read_solver_metadata,
+    save_solver,
+    save_solver_set,
+)
+from .solver_set import SolverSet
 
 __version__ = "0.1.0"
 
@@ -58,13 +67,17 @@ __all__ = [
     "SigmasMismatchError",
     "SigmasTailWarning",
     "SolverFileError",
+    "SolverSet",
     "VESigmaSpace",
     "__version__",
     "build_plan",
+    "combine_solver_files",
     "import_official_checkpoint",
     "load_solver",
+    "load_solver_set",
     "read_solver_metadata",
     "sample_gas",
     "save_solver",
     "sigma_fit",
+    "save_solver_set",
 ]

@@ -1,23 +1,27 @@
-"""The pack's ComfyUI V3 extension: registers the solver folder and the four GAS nodes."""
+"""The pack's ComfyUI V3 extension: registers the solver folder, the GAS nodes, and sampler/scheduler ``gas`` in
+ComfyUI's own lists."""
 
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import solver_folder
+from . import solver_folder, stock_registration
 from .info_node import GASSolverInfo
 from .ksampler_node import GASKSampler
+from .model_patch_node import GASModelPatch
 from .sampler_node import GASSampler
 from .sigmas_node import GASSigmas
 
-NODES: list[type[io.ComfyNode]] = [GASSampler, GASSigmas, GASKSampler, GASSolverInfo]
+NODES: list[type[io.ComfyNode]] = [GASSampler, GASSigmas, GASKSampler, GASSolverInfo, GASModelPatch]
 
 
 class GASExtension(ComfyExtension):
-    """GAS Sampler, GAS Sigmas, GAS KSampler and GAS Solver Info."""
+    """GAS Sampler, GAS Sigmas, GAS KSampler, GAS Solver Info and GAS Model Patch."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.64 calls get_node_list (not on_load) while loading the pack; both registrations are idempotent
         solver_folder.register()
+        stock_registration.register()
         return list(NODES)
 
 

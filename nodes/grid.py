@@ -1,26 +1,39 @@
-"""The sigma grid of a solver (or of no solver) for a ComfyUI model; shared by GAS Sigmas and GAS KSampler."""
+"""The sigma grid of a solver file (or of no solver) for a ComfyUI model; shared by GAS Sigmas, GAS KSampler and the
+scheduler ``gas``."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
-from . import logic
-from ._gas import comfy_bridge, core
+from . import logic, solver_choice
+from ._gas import comfy_bridge
+
+log = logging.getLogger(__name__)
 
 
-def model_sigmas(model: Any, solver: core.GeneralizedSolver | None, name: str, steps: int,
-                 denoise: float) -> torch.Tensor:
-    """Float32 SIGMAS for ``model`` (a ComfyUI MODEL): the solver's learned grid (or the uniform-time grid without
-    a solver), cut to the tail ``denoise`` asks for (the sampler says how it runs a tail). An incompatible solver
-    raises :class:`logic.GASNodeError`."""
-    info = comfy_bridge.describe_model_sampling(model.get_model_object("model_sampling"))
+def sampling_sigmas(model_sampling: Any, solvers: Any, name: str, steps: int, denoise: float,
+                    identity: dict[str, Any] | None = None) -> torch.Tensor:
+    """Float32 SIGMAS on a ComfyUI ``model_sampling``: the grid for ``steps`` (0: the file's smallest NFE) of the
+    solver file ``solvers`` (a :class:`gas.SolverSet`, or None for uniform GAS times), cut for ``denoise`` by
+    ComfyUI's rule (:mod:`solver_choice`). An incompatible solver raises :class:`logic.GASNodeError`; a fallback or
+    a denoise tail is logged."""
+    info = comfy_bridge.describe_model_sampling(model_sampling)
+    solver = solver_choice.representative(solvers)
     if solver is not None:
-        verdict = logic.compatibility(solver, name, info, comfy_bridge.model_identity(model, fingerprint=False))
+        verdict = logic.compatibility(solver, name, info, identity or {})
         if verdict.error is not None:
             raise logic.GASNodeError(verdict.error)
-    n = logic.resolve_steps(solver, steps, name)
     schedule = logic.effective_schedule(solver, info)
-    grid = logic.solver_grid(solver, schedule, n)
-    return logic.grid_tail(grid, denoise).to(torch.float32)
+    grid, warnings = solver_choice.grid_sigmas(solvers, schedule, steps, denoise, name)
+    for message in warnings:
+        log.warning("[GAS] %s", message)
+    return grid.to(torch.float32)
+
+
+def model_sigmas(model: Any, solvers: Any, name: str, steps: int, denoise: float) -> torch.Tensor:
+    """:func:`sampling_sigmas` for a ComfyUI MODEL (its family is checked against the solver file too)."""
+    return sampling_sigmas(model.get_model_object("model_sampling"), solvers, name, steps, denoise,
+                           comfy_bridge.model_identity(model, fingerprint=False))

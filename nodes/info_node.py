@@ -7,7 +7,7 @@ from typing import Any
 
 from comfy_api.latest import io, ui
 
-from . import logic, solver_folder
+from . import solver_choice, solver_folder
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,8 @@ class GASSolverInfo(io.ComfyNode):
             node_id="GASSolverInfo",
             display_name="GAS Solver Info",
             category="sampling/custom_sampling/gas",
-            description=("What a GAS solver file was trained for: model family and checkpoint, NFE, cfg, noise "
-                         "schedule, training mode and held-out scores. Connect the text to Preview Any."),
+            description=("What a GAS solver file was trained for: model family and checkpoint, every NFE it holds, "
+                         "cfg, noise schedule, training mode and held-out scores. Connect the text to Preview Any."),
             inputs=[solver_folder.solver_input("Solver file from models/gas_solvers to describe.")],
             outputs=[io.String.Output(display_name="info", tooltip="The description as text.")],
             is_output_node=True,
@@ -38,6 +38,6 @@ class GASSolverInfo(io.ComfyNode):
 
     @classmethod
     def execute(cls, solver: str) -> io.NodeOutput:
-        text = logic.describe_solver(solver_folder.load(solver), solver)
+        text = solver_choice.describe_solver_set(solver_folder.load(solver), solver)
         log.info("[GAS] solver info\n%s", text)
         return io.NodeOutput(text, ui=ui.PreviewText(text))

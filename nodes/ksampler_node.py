@@ -10,7 +10,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
-from . import logic, solver_folder
+from . import logic, solver_choice, solver_folder
 from .grid import model_sigmas
 from .sampler_function import build_sampler
 
@@ -26,8 +26,9 @@ class GASKSampler(io.ComfyNode):
             node_id="GASKSampler",
             display_name="GAS KSampler",
             category="sampling/custom_sampling/gas",
-            description=("KSampler-style sampling with a learned GAS solver: its own timesteps and NFE, cfg defaulting "
-                         "to the one it was trained for. Progress and previews as with any sampler."),
+            description=("KSampler-style sampling with a learned GAS solver: its own timesteps, steps choosing the NFE "
+                         "of the solver file, cfg defaulting to the one it was trained for. Progress and previews as "
+                         "with any sampler."),
             inputs=[
                 io.Model.Input("model",
                                tooltip="The model to sample; the solver must have been trained for its family."),
@@ -46,11 +47,10 @@ class GASKSampler(io.ComfyNode):
                     f"Solver file from models/gas_solvers. '{logic.NO_SOLVER}': DPM-Solver++(3M) on uniform GAS "
                     "timesteps (set steps)."),
                 io.Int.Input("steps", default=0, min=0, max=logic.MAX_NO_SOLVER_STEPS,
-                             tooltip=("0 = the solver's NFE (a learned solver only runs with its own step count). "
-                                      f"Without a solver: number of steps (0 = {logic.DEFAULT_NO_SOLVER_STEPS}).")),
+                             tooltip=solver_choice.STEPS_TOOLTIP),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip=("img2img strength. Below 1 the last round(NFE*denoise) learned steps run, as "
-                                        "plain DPM-Solver++(3M) on the learned timesteps.")),
+                               tooltip=("img2img strength, as in KSampler: below 1 the last 'steps' steps of the "
+                                        "grid for int(steps/denoise) steps run, as plain DPM-Solver++(3M).")),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The sampled latent.")],
         )
@@ -71,7 +71,7 @@ class GASKSampler(io.ComfyNode):
         out = latent_image.copy()
         if sigmas.numel() == 0:  # denoise 0: nothing to do, as ComfyUI's samplers
             return io.NodeOutput(out)
-        scale = logic.resolve_cfg(cfg, gas_solver)
+        scale = logic.resolve_cfg(cfg, solver_choice.representative(gas_solver))
         if cfg <= 0:
             log.info("[GAS] cfg 0 (auto): using cfg %g", scale)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])

@@ -22,7 +22,7 @@ from typing import Any
 import comfy.samplers
 import torch
 
-from . import logic
+from . import logic, solver_choice
 from ._gas import comfy_bridge, core
 from .errors import GASNodeError
 
@@ -31,15 +31,37 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """What a GAS SAMPLER carries: the loaded solver (None: DPM-Solver++(3M)) and its dropdown name for messages."""
+    """What a GAS SAMPLER carries: the solver to run (None: DPM-Solver++(3M)) and its dropdown name for messages;
+    or ``solvers``, a whole solver file (:class:`gas.SolverSet`) whose solver is picked by the sigmas it gets
+    (``stock``: for the sampler ``gas`` of ComfyUI's lists, whose messages name scheduler ``gas``)."""
 
     solver: core.GeneralizedSolver | None
     name: str = logic.NO_SOLVER
+    solvers: core.SolverSet | None = None
+    stock: bool = False
 
 
-def build_sampler(solver: core.GeneralizedSolver | None, name: str = logic.NO_SOLVER) -> comfy.samplers.KSAMPLER:
-    """A ComfyUI SAMPLER running ``solver`` (or DPM-Solver++(3M) when None)."""
-    return comfy.samplers.KSAMPLER(sample_gas_in_comfy, extra_options={"gas": SamplerSpec(solver, name)})
+def build_sampler(solvers: core.SolverSet | core.GeneralizedSolver | None,
+                  name: str = logic.NO_SOLVER) -> comfy.samplers.KSAMPLER:
+    """A ComfyUI SAMPLER running the solver file ``solvers`` (its solver for the sigmas' NFE; DPM-Solver++(3M) when
+    None)."""
+    spec = SamplerSpec(None, name, solver_choice.solver_set_of(solvers))
+    return comfy.samplers.KSAMPLER(sample_gas_in_comfy, extra_options={"gas": spec})
+
+
+def _pick(spec: SamplerSpec, info: comfy_bridge.SamplingInfo, base: Any, sigmas: torch.Tensor) -> SamplerSpec:
+    """The solver of a solver file for these sigmas: its learned solver when they are that NFE's whole grid, else
+    None (DPM-Solver++(3M) on them, logged). The file must fit the model (family check first)."""
+    assert spec.solvers is not None
+    solver = solver_choice.representative(spec.solvers)
+    verdict = logic.compatibility(solver, spec.name, info, comfy_bridge.model_identity(base, fingerprint=False))
+    if verdict.error is not None:
+        raise logic.GASNodeError(verdict.error)
+    schedule = logic.effective_schedule(solver, info)
+    picked, note = solver_choice.pick_for_sigmas(spec.solvers, sigmas, schedule, spec.name, stock=spec.stock)
+    if note is not None:
+        log.warning("[GAS] %s", note)
+    return SamplerSpec(picked, spec.name)
 
 
 def _guider_cfg(guider: Any) -> float | None:
@@ -80,6 +102,8 @@ def sample_gas_in_comfy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
         raise GASNodeError("the GAS sampler must be run by ComfyUI's samplers (SamplerCustom, "
                            "SamplerCustomAdvanced or GAS KSampler)")
     info = comfy_bridge.describe_model_sampling(base.model_sampling)
+    if spec.solvers is not None:
+        spec = _pick(spec, info, base, sigmas)
     schedule = logic.effective_schedule(spec.solver, info)
     if spec.solver is not None:
         _check_solver(spec, info, base, guider, schedule, sigmas)

@@ -6,7 +6,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from . import logic, solver_folder
+from . import logic, solver_choice, solver_folder
 from .grid import model_sigmas
 
 
@@ -28,12 +28,12 @@ class GASSigmas(io.ComfyNode):
                     "Solver file from models/gas_solvers; use the same one in GAS Sampler. "
                     f"'{logic.NO_SOLVER}': uniform GAS timesteps (the grid of an untrained solver)."),
                 io.Int.Input("steps", default=0, min=0, max=logic.MAX_NO_SOLVER_STEPS,
-                             tooltip=("0 = the solver's NFE (a learned solver only runs with its own step count). "
-                                      f"Without a solver: number of steps (0 = {logic.DEFAULT_NO_SOLVER_STEPS}).")),
+                             tooltip=solver_choice.STEPS_TOOLTIP),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip=("img2img strength. Below 1 the last round(NFE*denoise) learned steps are "
-                                        "returned; they run as plain DPM-Solver++(3M) on the learned timesteps (the "
-                                        "learned corrections need the full trajectory).")),
+                               tooltip=("img2img strength, as in ComfyUI's schedulers: below 1 the last 'steps' "
+                                        "steps of the grid for int(steps/denoise) steps are returned; they run as "
+                                        "plain DPM-Solver++(3M) on those timesteps (the learned corrections need the "
+                                        "full trajectory).")),
             ],
             outputs=[io.Sigmas.Output(display_name="sigmas",
                                       tooltip="Decreasing noise levels, no trailing 0 (the solver stops at its last "

@@ -19,7 +19,7 @@ from ._gas import core
 
 PACK_SOLVER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "models",
                                logic.FOLDER_NAME)
-_CACHE = logic.SolverCache()
+_CACHE = logic.SolverCache(loader=core.load_solver_set)  # every file as a gas.SolverSet (one or several NFEs)
 
 
 def register() -> list[str]:
@@ -78,8 +78,9 @@ def validate(name: Any) -> bool | str:
     return True if problem is None else problem
 
 
-def load(name: str) -> core.GeneralizedSolver | None:
-    """The solver named in the dropdown (None for the no-solver entry); problems raise :class:`logic.GASNodeError`."""
+def load(name: str) -> core.SolverSet | None:
+    """The solver file named in the dropdown as a :class:`gas.SolverSet` (one solver per NFE it holds; None for the
+    no-solver entry); problems raise :class:`logic.GASNodeError`."""
     problem = check(name)
     if problem is not None:
         raise logic.GASNodeError(problem)

@@ -26,7 +26,7 @@ from tests.helpers.fake_comfy import fake_comfy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SD = gas.DiscreteVPSchedule.sd_linear()
-NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo")
+NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo", "GASModelPatch")
 
 
 def trained(nfe: int = 4, seed: int = 0, schedule: gas.NoiseSchedule | None = None, **meta: Any
@@ -361,7 +361,7 @@ def _schemas(fake: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_node_schemas(fake: dict[str, Any]) -> None:
-    """Four nodes with ids, display names, categories under sampling/custom_sampling/, a description, a tooltip on
+    """Five nodes with ids, display names, categories under sampling/custom_sampling/, a description, a tooltip on
     every input and output, and the solver dropdown on each."""
     schemas = _schemas(fake)
     assert sorted(s.node_id for s in schemas.values()) == sorted(NODE_IDS)
@@ -376,6 +376,7 @@ def test_node_schemas(fake: dict[str, Any]) -> None:
     assert [o.io_type for o in schemas["GASSigmas"].outputs] == ["SIGMAS"]
     assert [o.io_type for o in schemas["GASKSampler"].outputs] == ["LATENT"]
     assert schemas["GASSolverInfo"].is_output_node
+    assert [o.io_type for o in schemas["GASModelPatch"].outputs] == ["MODEL"]
     ks = [i.id for i in schemas["GASKSampler"].inputs]
     assert ks == ["model", "positive", "negative", "latent_image", "seed", "cfg", "solver", "steps", "denoise"]
     seed = schemas["GASKSampler"].inputs[4]
@@ -400,7 +401,7 @@ def test_solver_folder_with_stand_ins(fake: dict[str, Any], tmp_path: Path) -> N
     assert folder.check("good.safetensors") is None and folder.check(logic.NO_SOLVER) is None
     assert folder.check("bad.safetensors").startswith("GAS solver 'bad.safetensors' cannot be used:")
     assert "was not found" in folder.check("gone.safetensors")
-    assert folder.load(logic.NO_SOLVER) is None and folder.load("good.safetensors").nfe == 4
+    assert folder.load(logic.NO_SOLVER) is None and folder.load("good.safetensors").nfes == (4,)
     with pytest.raises(logic.GASNodeError, match="cannot be used"):
         folder.load("bad.safetensors")
     before = folder.fingerprint("good.safetensors")

@@ -147,7 +147,7 @@ def set_unread(t):
 SEMANTIC = {
     "not a gas file": (mutate_meta("format", "other"), "not a GAS solver"),
     "no metadata format": (mutate_meta("format", None), "not a GAS solver"),
-    "future version": (mutate_meta("format_version", 2), "format_version 2"),
+    "future version": (mutate_meta("format_version", 3), "format_version 3"),
     "string version": (mutate_meta("format_version", "1"), "format_version"),
     "nfe too large": (mutate_meta("nfe", 40), "nfe 40"),
     "nfe mismatch": (mutate_meta("nfe", 5), "shape"),
