@@ -26,7 +26,7 @@ from .errors import (
     SigmasTailWarning,
     SolverFileError,
 )
-from .grid_fit import FitKind, MismatchReason, SigmaFit, sigma_fit
+from .grid_fit import FitKind, MismatchReason, SigmaFit, find_run, fit_to_grid, format_values, sigma_fit
 from .sampling import build_plan, sample_gas
 from .schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule, VESigmaSpace
 from .solver import MAX_NFE, MIN_NFE, GeneralizedSolver
@@ -72,12 +72,15 @@ __all__ = [
     "__version__",
     "build_plan",
     "combine_solver_files",
+    "find_run",
+    "fit_to_grid",
+    "format_values",
     "import_official_checkpoint",
     "load_solver",
     "load_solver_set",
     "read_solver_metadata",
     "sample_gas",
     "save_solver",
-    "sigma_fit",
     "save_solver_set",
+    "sigma_fit",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "FitKind",
     "MismatchReason",
     "SigmaFit",
+    "find_run",
     "fit_to_grid",
     "format_values",
     "sigma_fit",
@@ -125,6 +126,16 @@ def _values(sigmas: SigmaValues) -> list[float]:
 
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= GRID_RTOL * abs(b)
+
+
+def find_run(sigmas: SigmaValues, grid: SigmaValues) -> int | None:
+    """First index at which ``sigmas`` stand as consecutive entries of ``grid`` (to ``GRID_RTOL``), or None."""
+    given, want = _values(sigmas), _values(grid)
+    n = len(given)
+    for start in range(len(want) - n + 1):
+        if all(_close(g, w) for g, w in zip(given, want[start:start + n], strict=True)):
+            return start
+    return None
 
 
 def _tail_start(given: list[float], grid: list[float]) -> int | None:

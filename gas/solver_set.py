@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .grid_fit import find_run
 from .schedules import NoiseSchedule
 from .solver import GeneralizedSolver
 
@@ -31,8 +32,6 @@ __all__ = ["MAX_STEPS", "GridSlice", "SolverSet", "StepsChoice", "denoise_total_
 
 #: Largest step count a grid is built for (ComfyUI's KSampler accepts up to 10000 steps).
 MAX_STEPS = 10000
-#: Relative tolerance when recognising given sigmas as (part of) a grid: float32 sigmas must pass.
-SLICE_RTOL = 2e-5
 
 
 def denoise_total_steps(steps: int, denoise: float) -> int:
@@ -197,7 +196,7 @@ class SolverSet:
                 candidates.update(range(max(1, math.floor(estimate) - 1), math.ceil(estimate) + 2))
         for steps in sorted(c for c in candidates if length - 1 <= c <= MAX_STEPS):
             grid = self.sigmas(steps, sched)
-            found = _find_run(given, grid)
+            found = find_run(given, grid)
             if found is not None:
                 return GridSlice(steps, found, length)
         return None
@@ -221,16 +220,3 @@ def _index_of_time(times: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     frac = torch.where(hi > lo, (t - lo) / (hi - lo), torch.zeros_like(t))
     index_from_end = (pos - 1).to(t.dtype) + frac  # position counted from t_eps upwards
     return (n - index_from_end) / n
-
-
-def _find_run(given: torch.Tensor, grid: torch.Tensor) -> int | None:
-    """Start index of ``given`` as consecutive entries of ``grid`` (relative tolerance), or None."""
-    length = given.numel()
-    if length > grid.numel():
-        return None
-    close = (grid - given[0]).abs() <= SLICE_RTOL * grid.abs()
-    for start in torch.nonzero(close).flatten().tolist():
-        window = grid[start:start + length]
-        if window.numel() == length and torch.allclose(given, window, rtol=SLICE_RTOL, atol=0.0):
-            return start
-    return None

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,23 +125,8 @@ def solver_file_message(name: str, error: Exception) -> str:
 # ----- grids ----------------------------------------------------------------------------------------------------------
 
 
-def tail_steps(nfe: int, denoise: float) -> int:
-    """Steps kept for ``denoise`` in (0, 1]: ``nfe*denoise`` rounded half up, at least 1 (0 for denoise 0)."""
-    if not math.isfinite(denoise) or denoise < 0 or denoise > 1:
-        raise GASNodeError(f"denoise must lie between 0 and 1, got {denoise}")
-    if denoise == 0:
-        return 0
-    return min(nfe, max(1, math.floor(nfe * denoise + 0.5)))
-
-
-def resolve_steps(solver: core.GeneralizedSolver | None, steps: int, name: str) -> int:
-    """The number of steps of the grid: the solver's NFE (``steps`` 0 or equal to it), else ``steps`` (no solver)."""
-    if solver is not None:
-        if steps not in (0, solver.nfe):
-            raise GASNodeError(
-                f"NFE mismatch: GAS solver '{name}' was trained for {solver.nfe} steps, but steps is {steps}; set "
-                f"steps to 0 (auto) or {solver.nfe}, or pick a {steps}-step solver")
-        return solver.nfe
+def resolve_steps(steps: int) -> int:
+    """The number of steps of a grid without a solver: ``steps``, or the default for 0."""
     n = steps or DEFAULT_NO_SOLVER_STEPS
     if not 1 <= n <= MAX_NO_SOLVER_STEPS:
         raise GASNodeError(f"steps must be 0 (auto) or 1..{MAX_NO_SOLVER_STEPS} without a solver, got {steps}")
@@ -175,15 +158,6 @@ def solver_grid(solver: core.GeneralizedSolver | None, schedule: core.NoiseSched
     return schedule.sigma_of_time(times).detach()
 
 
-def grid_tail(grid: torch.Tensor, denoise: float) -> torch.Tensor:
-    """The last ``tail_steps(N, denoise) + 1`` sigmas of a grid (empty for denoise 0, as ComfyUI's schedulers)."""
-    n = grid.numel() - 1
-    k = tail_steps(n, denoise)
-    if k == 0:
-        return grid.new_zeros(0)
-    return grid[n - k:]
-
-
 def solver_label(name: str) -> str:
     """How messages name the solver chosen in a dropdown."""
     return f"GAS solver '{name}'"
@@ -197,15 +171,6 @@ def check_sigmas(sigmas: torch.Tensor, solver: core.GeneralizedSolver, schedule:
     if not fit.fits:
         raise GASNodeError(fit.message(solver_label(name), SIGMAS_FIX))
     return fit
-
-
-@contextmanager
-def core_tail_warning_silenced() -> Iterator[None]:
-    """Ignore the core's :class:`gas.SigmasTailWarning` (by class) while a node samples: the node has already logged
-    the tail in its own words (:meth:`gas.SigmaFit.tail_message` with the solver's dropdown name)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=core.SigmasTailWarning)
-        yield
 
 
 # ----- compatibility --------------------------------------------------------------------------------------------------

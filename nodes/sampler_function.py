@@ -82,12 +82,10 @@ def _check_solver(spec: SamplerSpec, info: comfy_bridge.SamplingInfo, base: Any,
         raise GASNodeError(verdict.error)
     for message in verdict.warnings:
         log.warning("[GAS] %s", message)
-    fit = logic.check_sigmas(sigmas, solver, schedule, spec.name)
+    logic.check_sigmas(sigmas, solver, schedule, spec.name)  # pick_for_sigmas chose the full grid; a guard
     cfg_message = logic.cfg_warning(solver, spec.name, _guider_cfg(guider))
     if cfg_message is not None:
         log.warning("[GAS] %s", cfg_message)
-    if fit.is_tail:
-        log.warning("[GAS] %s", fit.tail_message(logic.solver_label(spec.name)))
 
 
 def sample_gas_in_comfy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict[str, Any] | None = None,
@@ -115,7 +113,7 @@ def sample_gas_in_comfy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra
         extra["model_options"] = override.install(extra.get("model_options"))
     decoupled = comfy_bridge.decoupled_mode(info) if spec.solver is not None else "resigma"
     try:
-        with torch.no_grad(), logic.core_tail_warning_silenced():  # _check_solver logged the tail in its words
+        with torch.no_grad():
             return core.sample_gas(model, x, sigmas, extra, callback, disable, spec.solver, schedule=schedule,
                                    decoupled=decoupled, timestep_hook=override.hook if override else None)
     finally:

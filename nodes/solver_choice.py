@@ -49,7 +49,7 @@ def grid_sigmas(solvers: Any, schedule: core.NoiseSchedule, steps: int, denoise:
     """The float64 sigmas for ``steps`` (0: the file's smallest NFE, or the no-solver default) and ``denoise``, and
     the warnings to log. Without a solver: uniform GAS times (the grid of an untrained solver)."""
     if solvers is None:
-        n = logic.resolve_steps(None, steps, name)
+        n = logic.resolve_steps(steps)
     else:
         n = steps or solvers.default.nfe
     try:
@@ -77,13 +77,16 @@ def grid_sigmas(solvers: Any, schedule: core.NoiseSchedule, steps: int, denoise:
 def _mismatch(solvers: Any, sigmas: torch.Tensor, schedule: core.NoiseSchedule, name: str, stock: bool) -> str:
     given = sigmas.detach().cpu().tolist()
     if stock:
-        return (f"The sigmas ({len(given) - 1} steps: {', '.join(f'{v:.4g}' for v in given[:6])}"
-                f"{', ...' if len(given) > 6 else ''}) are not a grid of GAS solver '{name}' patched onto this model; "
+        return (f"The sigmas ({len(given) - 1} steps: {core.format_values(given, limit=6)}) are not a grid of "
+                f"GAS solver '{name}' patched onto this model; "
                 "choose scheduler 'gas' in the KSampler (or in BasicScheduler), or remove GAS Model Patch to use "
                 "sampler 'gas' as DPM-Solver++(3M) with any scheduler")
     nearest = solvers.nearest(max(1, len(given) - 1))
     grid = nearest.sigmas(schedule).detach().to(torch.float64)
-    return logic.sigmas_problem(given, grid.tolist(), name) or f"These sigmas do not fit GAS solver '{name}'"
+    fit = core.fit_to_grid(given, grid)
+    if fit.fits:  # cannot happen for sigmas no grid of the set holds; a sentence all the same
+        return f"These sigmas do not fit GAS solver '{name}'; {logic.SIGMAS_FIX}"
+    return fit.message(logic.solver_label(name), logic.SIGMAS_FIX)
 
 
 def pick_for_sigmas(solvers: Any, sigmas: torch.Tensor, schedule: core.NoiseSchedule, name: str, *,
