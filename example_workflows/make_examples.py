@@ -111,7 +111,7 @@ def _note(g: Graph, pos: tuple[int, int], about: str, solver_widgets: str) -> No
             f"`python -m trainer --ckpt {CHECKPOINT} --nfe {NFE}`\n\n"
             f"It writes `models/gas_solvers/{TRAINED_SOLVER}`; press **R** (refresh) and pick it in the solver "
             "dropdown.")
-    g.add("MarkdownNote", pos, (440, 400), [text], title="Read me: about this workflow and its solver")
+    g.add("MarkdownNote", pos, (440, 300), [text], title="Read me: about this workflow and its solver")
 
 
 def _advanced_branch(g: Graph, x: int, y: int, ckpt: Node, noise: Node, guider: Node, latent: Node,
