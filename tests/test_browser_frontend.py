@@ -25,7 +25,6 @@ from tests.test_nodes_comfy_server import write_solver
 SOLVER = "sd15-nfe4-browser-test.safetensors"
 NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo")
 WORKFLOWS = sorted(EXAMPLES_DIR.glob("*.json"))
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +44,17 @@ def page(tmp_path_factory: pytest.TempPathFactory):
         comfy.shot("01-app-open")
         comfy.open_errors = comfy.new_errors()
         yield comfy
+
+
+@pytest.fixture(autouse=True)
+def calm_page(request: pytest.FixtureRequest):
+    """Each test starts with no dialog or menu left open by the one before and with the console read."""
+    if "page" in request.fixturenames:
+        page = request.getfixturevalue("page")
+        page.close_dialogs()
+        page.close_menus()
+        page.read_console()
+    yield
 
 
 def test_app_opens_without_errors_from_the_pack(page: ComfyPage) -> None:
@@ -118,7 +128,7 @@ def test_help_page_opens(page: ComfyPage, node_id: str) -> None:
             "app.canvas.selectNode(n); app.canvas.setDirty(true, true);", node_id)
     page.frame()
     page.click_css("[data-testid=info-button]")
-    heading = (REPO_ROOT / "web" / "docs" / node_id / "en.md").read_text().splitlines()[0].lstrip("# ")
+    heading = page.server.object_info(node_id)[node_id]["display_name"]  # each page starts with "# <name>"
     panel = page.wait_for("""
         const p = document.querySelector('.side-bar-panel');
         const h = p && [...p.querySelectorAll('h1')].find(h => h.innerText.trim() === arguments[0]);
@@ -147,13 +157,15 @@ def test_queued_example_shows_its_image(page: ComfyPage, path: Path) -> None:
     page.set_widget("EmptyLatentImage", "height", 64)
     page.click_text("Run", ".actionbar *, .comfyui-queue-button *, button *")
     start = time.monotonic()
-    size = page.wait_for("""
+    result = page.wait_for("""
         const n = app.graph._nodes.find(n => n.type === 'SaveImage');
         const img = n.imgs?.[0];
-        return (img?.complete && img.naturalWidth) ? [img.naturalWidth, img.naturalHeight] : null;""",
-                         "an image in Save Image", 150.0)
+        if (img?.complete && img.naturalWidth) return {size: [img.naturalWidth, img.naturalHeight]};
+        const errors = [...document.querySelectorAll('.p-dialog, .p-toast-message-error')].map(e => e.innerText);
+        const invalid = Object.values(app.lastNodeErrors || {}).flatMap(e => e.errors.map(x => x.details || x.message));
+        return errors.length || invalid.length ? {errors, invalid} : null;""", "an image in Save Image", 150.0)
     page.frame(min_scale=0.6)
     page.shot(f"07-queued-{path.stem}")
-    assert size == [64, 64], f"after {time.monotonic() - start:.0f} s"
+    assert result.get("size") == [64, 64], f"after {time.monotonic() - start:.0f} s: {result}"
     assert page.dialogs() == []
     assert page.new_errors() == []
