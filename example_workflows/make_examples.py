@@ -1,11 +1,13 @@
-"""Writes the example workflows of this folder (UI format, as ComfyUI's frontend saves them) and their thumbnails.
+"""Writes the example workflows of this folder (UI format, as ComfyUI's frontend saves them).
 
-    python example_workflows/make_examples.py            # rewrite the .json and .jpg files next to this script
+    python example_workflows/make_examples.py            # rewrite the .json files next to this script
     python example_workflows/make_examples.py --check    # exit 1 if a committed .json differs from what this writes
+    python -m tests.helpers.browser --thumbnails         # then retake the .jpg thumbnails (see README.md here)
 
-Each workflow references the standard SD1.5 checkpoint ``v1-5-pruned-emaonly.safetensors`` and the solver file
-``sd15-nfe4-gas.safetensors`` (a 4-step GAS solver for SD1.5 in ``models/gas_solvers``). The thumbnails are title
-cards drawn with Pillow (a diagram of the graph), not renders. Needs only the standard library and Pillow.
+Each workflow references the standard SD1.5 checkpoint ``v1-5-pruned-emaonly.safetensors`` and starts with no
+learned solver (``(none) DPM-Solver++(3M)``), so it runs as shipped; its note says how to train a solver and pick it.
+The file names are what ComfyUI's template browser shows as the card title, so they are short and human. Nodes are
+placed so that no two overlap (title bar included). Needs only the standard library.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-SOLVER = "sd15-nfe4-gas.safetensors"
+#: The solver dropdown's no-solver entry (the nodes' default): the workflows run before any solver is trained.
+SOLVER = "(none) DPM-Solver++(3M)"
+#: What ``python -m trainer --ckpt CHECKPOINT --nfe NFE`` writes into ``models/gas_solvers``.
+TRAINED_SOLVER = "v1-5-pruned-emaonly-nfe4-gas.safetensors"
 POSITIVE = "a photograph of a red fox in a snowy forest, golden hour, detailed fur"
 NEGATIVE = ""
 SEED = 42
@@ -98,8 +103,15 @@ def _text_nodes(g: Graph) -> tuple[Node, Node, Node, Node]:
     return ckpt, pos, neg, latent
 
 
-def _note(g: Graph, pos: tuple[int, int], text: str) -> None:
-    g.add("MarkdownNote", pos, (420, 260), [text], title="About this workflow")
+def _note(g: Graph, pos: tuple[int, int], about: str, solver_widgets: str) -> None:
+    """The workflow's read-me: what it does, then how to get a learned solver (the shipped workflows have none)."""
+    text = (f"{about}\n\n## Getting a GAS solver\n\nAs shipped, {solver_widgets} set to `{SOLVER}` (no learned "
+            "solver), so the first run works with any SD1.5 checkpoint. To use GAS, distil a solver for your "
+            "checkpoint once, from `ComfyUI/custom_nodes/ComfyUI-GAS`:\n\n"
+            f"`python -m trainer --ckpt {CHECKPOINT} --nfe {NFE}`\n\n"
+            f"It writes `models/gas_solvers/{TRAINED_SOLVER}`; press **R** (refresh) and pick it in the solver "
+            "dropdown.")
+    g.add("MarkdownNote", pos, (440, 300), [text], title="Read me: about this workflow and its solver")
 
 
 def _advanced_branch(g: Graph, x: int, y: int, ckpt: Node, noise: Node, guider: Node, latent: Node,
@@ -131,9 +143,10 @@ def _shared_sampling(g: Graph, ckpt: Node, pos: Node, neg: Node, x: int) -> tupl
     return noise, guider
 
 
-def _gas_pair(g: Graph, ckpt: Node, x: int, y: int) -> tuple[Node, Node]:
+def _gas_pair(g: Graph, ckpt: Node, x: int, y: int, steps: int = 0) -> tuple[Node, Node]:
+    """GAS Sampler above GAS Sigmas, both on ``SOLVER``; ``steps`` only counts without a learned solver."""
     sampler = g.add("GASSampler", (x, y), (320, 60), [SOLVER], outputs=[("sampler", "SAMPLER")])
-    sigmas = g.add("GASSigmas", (x, y + 100), (320, 110), [SOLVER, 0, 1.0], inputs=[("model", "MODEL")],
+    sigmas = g.add("GASSigmas", (x, y + 100), (320, 110), [SOLVER, steps, 1.0], inputs=[("model", "MODEL")],
                    outputs=[("sigmas", "SIGMAS")])
     g.link(ckpt, 0, sigmas, "model")
     return sampler, sigmas
@@ -145,13 +158,13 @@ def custom_advanced() -> Graph:
     ckpt, pos, neg, latent = _text_nodes(g)
     noise, guider = _shared_sampling(g, ckpt, pos, neg, 800)
     sampler, sigmas = _gas_pair(g, ckpt, 800, 270)
-    decode = _advanced_branch(g, 1160, 120, ckpt, noise, guider, latent, sampler, sigmas, "GAS, 4 steps")
-    save = g.add("SaveImage", (1500, 120), (400, 440), ["gas_sd15"], inputs=[("images", "IMAGE")])
+    decode = _advanced_branch(g, 1160, 120, ckpt, noise, guider, latent, sampler, sigmas, "SamplerCustomAdvanced")
+    save = g.add("SaveImage", (1750, 120), (400, 440), ["gas_sd15"], inputs=[("images", "IMAGE")])
     g.link(decode, 0, save, "images")
     _note(g, (0, 520), (
-        "# GAS: SD1.5 in 4 steps\n\nGAS Sampler and GAS Sigmas must name the **same solver**: the solver only runs "
-        f"on the sigmas it was trained on. Put `{SOLVER}` (a GAS solver trained for SD1.5 at 4 NFE, cfg {CFG}) into "
-        "`models/gas_solvers`.\n\nThe negative prompt is empty, as in training."))
+        f"# GAS: SD1.5 in {NFE} steps\n\nGAS Sampler and GAS Sigmas must name the **same solver**: a solver only "
+        "runs on the sigmas it was trained on. The negative prompt is empty, as in training."),
+        "GAS Sampler and GAS Sigmas are")
     return g
 
 
@@ -178,13 +191,13 @@ def ksampler() -> Graph:
     _ksampler_chain(g, "GASKSampler", (800, 0), (320, 290), [SEED, "fixed", 0.0, SOLVER, 0, 1.0],
                     (ckpt, pos, neg, latent), ckpt, "gas_ksampler")
     info = g.add("GASSolverInfo", (800, 340), (320, 60), [SOLVER], outputs=[("info", "STRING")])
-    preview = g.add("PreviewAny", (1160, 340), (400, 300), [], inputs=[("source", "*")],
+    preview = g.add("PreviewAny", (800, 450), (400, 300), [], inputs=[("source", "*")],
                     title="What the solver was trained for")
     g.link(info, 0, preview, "source")
     _note(g, (0, 520), (
-        "# GAS KSampler\n\nOne node: the solver fixes the steps (steps 0 = its NFE) and cfg 0 uses the cfg it was "
-        f"trained for. Put `{SOLVER}` into `models/gas_solvers`.\n\nGAS Solver Info shows what the file was trained "
-        "for (model, NFE, cfg, schedule, scores)."))
+        "# GAS KSampler\n\nOne node: a solver fixes the steps (steps 0 = its NFE) and cfg 0 uses the cfg it was "
+        "trained for. GAS Solver Info shows what the file was trained for (model, NFE, cfg, schedule, scores)."),
+        "GAS KSampler and GAS Solver Info are")
     return g
 
 
@@ -198,10 +211,11 @@ def stock_ksampler() -> Graph:
     _ksampler_chain(g, "KSampler", (800, 130), (320, 270), [SEED, "fixed", NFE, CFG, "gas", "gas", 1.0],
                     (patch, pos, neg, latent), ckpt, "gas_stock_ksampler")
     _note(g, (0, 520), (
-        "# GAS in the stock KSampler\n\nGAS Model Patch attaches the solver to the model; in the KSampler choose "
-        f"sampler **gas** and scheduler **gas** and set steps to the solver's NFE ({NFE}). Put `{SOLVER}` into "
-        "`models/gas_solvers`.\n\nLoRA loaders and ModelSampling nodes go before GAS Model Patch. Another step "
-        "count runs the nearest learned grid resampled, as DPM-Solver++(3M) (the console says so)."))
+        "# GAS in ComfyUI's own KSampler\n\nGAS Model Patch attaches the solver to the model; in the KSampler choose "
+        f"sampler **gas** and scheduler **gas** and set steps to an NFE of the solver file ({NFE}). LoRA loaders and "
+        "ModelSampling nodes go before GAS Model Patch. Another step count runs the nearest learned grid resampled, "
+        "as DPM-Solver++(3M) (the console says so)."),
+        "GAS Model Patch is")
     return g
 
 
@@ -210,80 +224,55 @@ def compare() -> Graph:
     g = Graph()
     ckpt, pos, neg, latent = _text_nodes(g)
     noise, guider = _shared_sampling(g, ckpt, pos, neg, 800)
-    sampler, sigmas = _gas_pair(g, ckpt, 800, 270)
+    sampler, sigmas = _gas_pair(g, ckpt, 800, 270, steps=NFE)
+    row = 330  # vertical distance of the three branches (a Save Image is 280 high plus its title bar)
     gas_img = _advanced_branch(g, 1160, 0, ckpt, noise, guider, latent, sampler, sigmas, f"GAS, {NFE} NFE")
     select = g.add("KSamplerSelect", (800, 520), (320, 60), ["dpmpp_2m"], outputs=[("SAMPLER", "SAMPLER")])
     few = g.add("BasicScheduler", (800, 620), (320, 110), ["karras", NFE, 1.0], inputs=[("model", "MODEL")],
                 outputs=[("SIGMAS", "SIGMAS")], title=f"karras, {NFE} steps (same NFE)")
     g.link(ckpt, 0, few, "model")
-    base_img = _advanced_branch(g, 1160, 300, ckpt, noise, guider, latent, select, few, f"dpmpp_2m, {NFE} NFE")
+    base_img = _advanced_branch(g, 1160, row, ckpt, noise, guider, latent, select, few, f"dpmpp_2m, {NFE} NFE")
     many = g.add("BasicScheduler", (800, 780), (320, 110), ["karras", TEACHER_STEPS, 1.0], inputs=[("model", "MODEL")],
                  outputs=[("SIGMAS", "SIGMAS")], title=f"karras, {TEACHER_STEPS} steps (teacher)")
     g.link(ckpt, 0, many, "model")
-    teacher_img = _advanced_branch(g, 1160, 600, ckpt, noise, guider, latent, select, many,
+    teacher_img = _advanced_branch(g, 1160, 2 * row, ckpt, noise, guider, latent, select, many,
                                    f"teacher: dpmpp_2m, {TEACHER_STEPS} steps")
-    saves = []
     for i, (img, prefix) in enumerate(((gas_img, "compare_gas"), (base_img, "compare_dpmpp_2m"),
                                        (teacher_img, "compare_teacher"))):
-        save = g.add("SaveImage", (1740, 300 * i), (300, 280), [prefix], inputs=[("images", "IMAGE")])
+        save = g.add("SaveImage", (1750, row * i), (300, 280), [prefix], inputs=[("images", "IMAGE")])
         g.link(img, 0, save, "images")
-        saves.append(save)
-    pair = g.add("ImageBatch", (2080, 0), (210, 50), inputs=[("image1", "IMAGE"), ("image2", "IMAGE")],
+    pair = g.add("ImageBatch", (2090, 0), (210, 50), inputs=[("image1", "IMAGE"), ("image2", "IMAGE")],
                  outputs=[("IMAGE", "IMAGE")])
     g.link(gas_img, 0, pair, "image1")
     g.link(base_img, 0, pair, "image2")
-    trio = g.add("ImageBatch", (2080, 100), (210, 50), inputs=[("image1", "IMAGE"), ("image2", "IMAGE")],
+    trio = g.add("ImageBatch", (2090, 100), (210, 50), inputs=[("image1", "IMAGE"), ("image2", "IMAGE")],
                  outputs=[("IMAGE", "IMAGE")])
     g.link(pair, 0, trio, "image1")
     g.link(teacher_img, 0, trio, "image2")
-    side = g.add("PreviewImage", (2080, 200), (620, 300), inputs=[("images", "IMAGE")],
+    side = g.add("PreviewImage", (2090, 200), (620, 300), inputs=[("images", "IMAGE")],
                  title="Side by side: GAS | dpmpp_2m | teacher")
     g.link(trio, 0, side, "images")
     _note(g, (0, 520), (
         f"# GAS vs DPM-Solver++(2M) at {NFE} NFE vs the teacher\n\nOne seed, one guider, three samplers: the GAS "
-        f"solver `{SOLVER}` on its learned sigmas, `dpmpp_2m` + karras at the same {NFE} network evaluations, and "
-        f"`dpmpp_2m` at {TEACHER_STEPS} steps as the reference."))
+        f"solver on its learned sigmas, `dpmpp_2m` + karras at the same {NFE} network evaluations, and `dpmpp_2m` at "
+        f"{TEACHER_STEPS} steps as the reference. Without a solver the first branch is DPM-Solver++(3M) on {NFE} "
+        "uniform GAS steps; a learned solver must have the same NFE (or set GAS Sigmas' steps to 0)."),
+        "GAS Sampler and GAS Sigmas are")
     return g
 
 
+#: File name (the template card's title in ComfyUI) -> builder.
 WORKFLOWS = {
-    "gas_sd15_txt2img_sampler_custom_advanced": (custom_advanced, "GAS Sampler + GAS Sigmas",
-                                                 ["GAS Sampler", "GAS Sigmas", "SamplerCustomAdvanced", "Save"], True),
-    "gas_sd15_txt2img_gas_ksampler": (ksampler, "GAS KSampler", ["Prompts", "GAS KSampler", "VAE Decode", "Save"],
-                                      True),
-    "GAS stock KSampler": (stock_ksampler, "KSampler: sampler gas, scheduler gas",
-                           ["GAS Model Patch", "KSampler", "VAE Decode", "Save"], True),
-    "gas_sd15_compare_equal_nfe": (compare, "GAS vs dpmpp_2m vs teacher, one seed",
-                                   [f"GAS {NFE} NFE", f"dpmpp_2m {NFE}", f"teacher {TEACHER_STEPS}"], False),
+    "GAS Sampler txt2img": custom_advanced,
+    "GAS KSampler txt2img": ksampler,
+    "GAS Model Patch txt2img": stock_ksampler,
+    f"GAS vs dpmpp at {NFE} NFE": compare,
 }
-
-
-def thumbnail(title: str, boxes: list[str], path: Path, arrows: bool = True) -> None:
-    """A 400x300 title card: the pack name, the workflow's title and its main nodes as a row of boxes (joined by
-    arrows for a pipeline, side by side for a comparison)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    img = Image.new("RGB", (400, 300), (24, 26, 33))
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    draw.rectangle((0, 0, 399, 56), fill=(44, 62, 110))
-    draw.text((16, 12), "ComfyUI-GAS  |  SD1.5, 4 steps", fill=(235, 235, 245), font=font)
-    draw.text((16, 32), title, fill=(255, 214, 102), font=font)
-    width = (368 - 12 * (len(boxes) - 1)) // len(boxes)
-    for i, label in enumerate(boxes):
-        x0 = 16 + i * (width + 12)
-        draw.rounded_rectangle((x0, 130, x0 + width, 190), radius=8, fill=(52, 56, 70), outline=(120, 140, 200))
-        draw.text((x0 + 8, 152), label[: max(4, width // 7)], fill=(230, 230, 230), font=font)
-        if i and arrows:
-            draw.line((x0 - 12, 160, x0, 160), fill=(200, 200, 120), width=2)
-    draw.text((16, 262), "Generalized Adversarial Solver (ICLR 2026)", fill=(150, 155, 170), font=font)
-    img.save(path, "JPEG", quality=80, optimize=True)
 
 
 def render(name: str) -> str:
     """The JSON text of one workflow."""
-    build = WORKFLOWS[name][0]
-    return json.dumps(build().to_json(), indent=2) + "\n"
+    return json.dumps(WORKFLOWS[name]().to_json(), indent=2) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args(argv)
     stale = []
-    for name, (_, title, boxes, arrows) in WORKFLOWS.items():
+    for name in WORKFLOWS:
         target = HERE / f"{name}.json"
         text = render(name)
         if args.check:
@@ -299,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
                 stale.append(target.name)
             continue
         target.write_text(text)
-        thumbnail(title, boxes, HERE / f"{name}.jpg", arrows)
     if stale:
         print("out of date: " + ", ".join(stale), file=sys.stderr)
         return 1

@@ -29,8 +29,9 @@ class GASModelPatch(io.ComfyNode):
                                                  "family. It is cloned, never changed."),
                 solver_folder.solver_input(
                     "Solver file from models/gas_solvers (one or several NFEs). The sampler's 'steps' chooses the "
-                    f"NFE. '{logic.NO_SOLVER}' removes a GAS patch: sampler 'gas' is then DPM-Solver++(3M) on any "
-                    "scheduler."),
+                    f"NFE. '{logic.NO_SOLVER}': no learned solver; scheduler 'gas' then gives the uniform GAS "
+                    "timesteps of an untrained solver and sampler 'gas' runs DPM-Solver++(3M), so a workflow runs "
+                    "before any solver is trained."),
             ],
             outputs=[io.Model.Output(display_name="MODEL",
                                      tooltip="The model with the solver attached (for sampler 'gas' + scheduler "
@@ -48,8 +49,8 @@ class GASModelPatch(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, solver: str) -> io.NodeOutput:
         solvers = solver_folder.load(solver)
-        if solvers is None:
-            return io.NodeOutput(stock_registration.attach(model, None))
+        if solvers is None:  # no learned solver: scheduler 'gas' gives an untrained solver's grid, sampler 'gas' 3M
+            return io.NodeOutput(stock_registration.attach(model, stock_registration.GASPatch(None, solver)))
         info = comfy_bridge.describe_model_sampling(model.get_model_object("model_sampling"))
         verdict = logic.compatibility(solver_choice.representative(solvers), solver, info,
                                       comfy_bridge.model_identity(model, fingerprint=False))

@@ -37,7 +37,8 @@ MARKER = "_comfyui_gas"
 
 @dataclass(frozen=True, eq=False)
 class GASPatch:
-    """A solver file attached to a MODEL: the loaded :class:`gas.SolverSet` and its dropdown name. Immutable, so
+    """A solver file attached to a MODEL: the loaded :class:`gas.SolverSet` (None for the no-solver entry) and its
+    dropdown name. Immutable, so
     ComfyUI's deep copies of ``model_options`` (on every ``ModelPatcher.clone``) share it."""
 
     solvers: Any
@@ -76,7 +77,8 @@ def attach(model: Any, patch: GASPatch | None) -> Any:
 
 def gas_scheduler(model_sampling: Any, steps: int) -> torch.Tensor:
     """Scheduler ``gas``: the patched solver file's grid for ``steps`` steps (its learned solver's grid for an NFE it
-    holds, the resampled nearest grid otherwise); no trailing 0 (a learned solver stops at its last sigma)."""
+    holds, the resampled nearest grid otherwise; a patch with no solver: uniform GAS times, an untrained solver's
+    grid); no trailing 0 (a learned solver stops at its last sigma)."""
     patch = patch_of(model_sampling)
     if patch is None:
         raise logic.GASNodeError(solver_choice.NOT_PATCHED)
@@ -89,7 +91,10 @@ def sample_gas(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: di
     without the patch, DPM-Solver++(3M) on any sigmas (as GAS Sampler's no-solver entry). Runs without autograd
     (inside :func:`sample_gas_in_comfy`, after the checks, so a refusal's traceback holds no torch frame)."""
     patch = patch_of((extra_args or {}).get("model_options") or {})
-    spec = SamplerSpec(None) if patch is None else SamplerSpec(None, patch.name, patch.solvers, stock=True)
+    if patch is None or patch.solvers is None:
+        spec = SamplerSpec(None)
+    else:
+        spec = SamplerSpec(None, patch.name, patch.solvers, stock=True)
     return sample_gas_in_comfy(model, x, sigmas, extra_args, callback, disable, gas=spec)
 
 

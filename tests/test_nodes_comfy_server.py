@@ -26,7 +26,7 @@ from tests.helpers.workflows import to_api, validate_workflow
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "ComfyUI-GAS"
 CKPT = "tiny_sd15.safetensors"
-SOLVER = "sd15-nfe4-gas.safetensors"  # the name the example workflows use
+SOLVER = "sd15-nfe4-gas.safetensors"
 SOLVER6 = "sd15-nfe6-test.safetensors"  # in the pack's own folder
 FLOW_SOLVER = "sd3-flow-nfe4-test.safetensors"  # in the extra_model_paths.yaml folder
 OTHER_CKPT_SOLVER = "sd15-otherckpt-test.safetensors"
@@ -234,9 +234,9 @@ def test_dropdown_refreshes_without_restart(server: ComfyServer) -> None:
 
 
 def test_help_pages_are_served(server: ComfyServer) -> None:
-    """web/docs/<NodeId>.md, where this frontend looks for a custom node's help page."""
+    """web/docs/<NodeId>/en.md, where this frontend first looks for a custom node's help page (English locale)."""
     for node_id in NODE_IDS:
-        status, text = server.get_text(f"/extensions/{PACK_NAME}/docs/{node_id}.md")
+        status, text = server.get_text(f"/extensions/{PACK_NAME}/docs/{node_id}/en.md")
         assert status == 200 and text.startswith("# ")
 
 
@@ -365,10 +365,12 @@ def test_there_are_four_example_workflows() -> None:
     assert all(p.with_suffix(".jpg").is_file() for p in WORKFLOWS)
 
 
+@pytest.mark.parametrize("solver", [None, SOLVER], ids=["as-shipped", "trained-solver"])
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_example_workflow_runs(server: ComfyServer, path: Path) -> None:
+def test_example_workflow_runs(server: ComfyServer, path: Path, solver: str | None) -> None:
     """Every node type and link type exists in /object_info; the workflow, converted to API format with the tiny
-    checkpoint and 64x64 latents, runs and writes its images."""
+    checkpoint and 64x64 latents, runs and writes its images: as shipped (no learned solver), and with a 4-step
+    solver picked in every solver dropdown (what a user does after training one)."""
     workflow = json.loads(path.read_text())
     info = server.object_info()
     assert validate_workflow(workflow, info) == []
@@ -379,6 +381,8 @@ def test_example_workflow_runs(server: ComfyServer, path: Path) -> None:
             node["inputs"]["ckpt_name"] = CKPT
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=64, height=64)
+        if solver and node["class_type"] in NODE_IDS:
+            node["inputs"]["solver"] = solver
         saves += node["class_type"] == "SaveImage"
     entry = server.run(prompt, timeout=300)
     images = server.output_files(entry)

@@ -125,3 +125,29 @@ def to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, d
             raise ValueError(f"node {node['id']} ({node['type']}) is muted or bypassed; not converted")
         prompt[str(node["id"])] = to_api_node(node, object_info[node["type"]], origins.__getitem__)
     return prompt
+
+
+#: Height of a node's title bar, drawn above its ``pos`` (LiteGraph's NODE_TITLE_HEIGHT).
+TITLE_HEIGHT = 30
+#: Least free space between two nodes of a shipped workflow, in canvas units.
+NODE_GAP = 10
+
+
+def node_box(node: dict[str, Any]) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a UI node on the canvas, title bar included."""
+    x, y = node["pos"][:2]
+    w, h = node["size"][:2]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+def boxes_overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float],
+                  gap: float = 0.0) -> bool:
+    """True when two (left, top, right, bottom) boxes are closer than ``gap`` in both directions (they overlap)."""
+    return a[0] < b[2] + gap and b[0] < a[2] + gap and a[1] < b[3] + gap and b[1] < a[3] + gap
+
+
+def overlapping_nodes(boxes: dict[str, tuple[float, float, float, float]], gap: float = 0.0) -> list[str]:
+    """``"a / b"`` for every pair of named boxes that overlap (or are closer than ``gap``)."""
+    names = sorted(boxes)
+    return [f"{a} / {b}" for i, a in enumerate(names) for b in names[i + 1:]
+            if boxes_overlap(boxes[a], boxes[b], gap)]
