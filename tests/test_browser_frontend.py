@@ -19,8 +19,8 @@ import pytest
 
 from tests.helpers.browser import EXAMPLES_DIR, PACK_NAME, ComfyPage, comfy_with_pack, find_browser
 from tests.helpers.comfy_env import require_comfyui
+from tests.helpers.solvers import write_solver
 from tests.helpers.workflows import overlapping_nodes
-from tests.test_nodes_comfy_server import write_solver
 
 SOLVER = "sd15-nfe4-browser-test.safetensors"
 NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo")

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from tests.helpers.comfy_env import ComfyServer, ComfyServerError, history_error, require_comfyui, txt2img_graph
+from tests.helpers.paths import REPO_ROOT
 from tests.helpers.tiny_checkpoints import tiny_sd15_specs, tiny_sd15_state_dict, write_tiny_sd15
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CKPT_NAME = "tiny_sd15.safetensors"
 # One intra-op thread: the tiny model gains nothing from more, and 2-thread OpenMP stalls badly (10x) when other
 # processes share this 2-core machine.

@@ -7,18 +7,15 @@ import torch
 
 import gas
 from tests.analytic import GaussianFlow, GaussianVE
+from tests.helpers.solvers import perturbed_solver
 
 
 def random_solver(nfe, schedule, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    solver = gas.GeneralizedSolver(nfe, schedule=schedule, dtype=torch.float64)
+    solver = perturbed_solver(nfe, seed, schedule=schedule, time_scale=0.3, couple_scale=0.01, coef_scale=0.02,
+                              masked=False, dtype=torch.float64)
+    # above t = 1 a flow schedule is pure noise to machine precision (no gradient can exist there)
     with torch.no_grad():
-        solver.mu_logit.add_(0.3 * torch.randn(nfe - 1, generator=gen, dtype=torch.float64))
-        solver.t_couple.copy_(0.01 * torch.randn(nfe, generator=gen, dtype=torch.float64))
-        # above t = 1 a flow schedule is pure noise to machine precision (no gradient can exist there)
         solver.t_couple[0] = -solver.t_couple[0].abs()
-        solver.a.copy_(0.02 * torch.randn(nfe, nfe, generator=gen, dtype=torch.float64))
-        solver.c.copy_(0.02 * torch.randn(nfe, nfe, generator=gen, dtype=torch.float64))
     return solver
 
 

@@ -11,15 +11,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers.comfy_env import require_comfyui
+from tests.helpers.paths import REPO_ROOT
 from tests.helpers.tiny_checkpoints import write_tiny_sd15
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {"OMP_NUM_THREADS": "1"}
 
 

@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import gas
 from gas.comfy_bridge import fingerprint_state_dict
-from gas.solver import used_correction_mask
 from tests.helpers.comfy_env import ComfyServer, ComfyServerError, require_comfyui
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.solvers import write_solver
 from tests.helpers.tiny_checkpoints import tiny_sd15_state_dict, write_tiny_sd15
 from tests.helpers.workflows import to_api, validate_workflow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "ComfyUI-GAS"
 CKPT = "tiny_sd15.safetensors"
 SOLVER = "sd15-nfe4-gas.safetensors"
@@ -34,22 +33,6 @@ BROKEN = "broken-test.safetensors"
 NO_SOLVER = "(none) DPM-Solver++(3M)"
 NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo", "GASModelPatch")
 ENV = {"OMP_NUM_THREADS": "1"}
-
-
-def write_solver(path: Path, nfe: int, seed: int, *, schedule: gas.NoiseSchedule | None = None,
-                 model: dict[str, Any] | None = None, cfg: float = 7.5) -> Path:
-    """A trained-looking (random, nonzero, valid) solver file."""
-    gen = torch.Generator().manual_seed(seed)
-    meta = {"mode": "gas", "cfg": cfg, "model": model or {"family": "SD15", "prediction": "eps"},
-            "scores": {"held_out": {"lpips_vs_teacher": 0.21, "lpips_dpmpp3m": 0.34}}, "iterations": 0}
-    solver = gas.GeneralizedSolver(nfe, schedule=schedule or gas.DiscreteVPSchedule.sd_linear(), metadata=meta)
-    mask = used_correction_mask(nfe)
-    with torch.no_grad():
-        solver.mu_logit.add_(0.3 * torch.randn(nfe - 1, generator=gen))
-        solver.t_couple.copy_(0.02 * torch.randn(nfe, generator=gen))
-        solver.a.copy_(0.05 * torch.randn(nfe, nfe, generator=gen) * mask)
-        solver.c.copy_(0.05 * torch.randn(nfe, nfe, generator=gen) * mask)
-    return gas.save_solver(solver, path, overwrite=True)
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -19,28 +19,21 @@ import torch
 
 import gas
 from gas.comfy_bridge import FloatTimestepOverride, SamplingInfo, decoupled_mode, fingerprint_state_dict
-from gas.solver import used_correction_mask
 from nodes import errors as node_errors
 from nodes import logic
 from tests.helpers.fake_comfy import fake_comfy
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.solvers import perturbed_solver
 from tests.helpers.workflows import NODE_GAP, node_box, overlapping_nodes
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SD = gas.DiscreteVPSchedule.sd_linear()
 NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo", "GASModelPatch")
 
 
 def trained(nfe: int = 4, seed: int = 0, schedule: gas.NoiseSchedule | None = None, **meta: Any
             ) -> gas.GeneralizedSolver:
-    gen = torch.Generator().manual_seed(seed)
-    metadata = {"mode": "gas", "cfg": 7.5, "model": {"family": "SD15", "prediction": "eps"}, **meta}
-    solver = gas.GeneralizedSolver(nfe, schedule=schedule or SD, metadata=metadata)
-    with torch.no_grad():
-        solver.mu_logit.add_(0.3 * torch.randn(nfe - 1, generator=gen))
-        solver.t_couple.copy_(0.02 * torch.randn(nfe, generator=gen))
-        solver.a.copy_(0.05 * torch.randn(nfe, nfe, generator=gen) * used_correction_mask(nfe))
-        solver.c.copy_(0.05 * torch.randn(nfe, nfe, generator=gen) * used_correction_mask(nfe))
-    return solver
+    """The shared test solver on SD1.5's schedule, with ``meta`` merged into its metadata."""
+    return perturbed_solver(nfe, seed, schedule=schedule or SD, metadata=meta)
 
 
 def sd15_info(**kw: Any) -> SamplingInfo:

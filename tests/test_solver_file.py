@@ -15,18 +15,12 @@ from safetensors.torch import save_file
 
 import gas
 from gas.solver_file import SolverFileError
+from tests.helpers.solvers import perturbed_solver
 
 
 def make_solver(nfe=4, schedule=None):
-    solver = gas.GeneralizedSolver(nfe, schedule=schedule or gas.DiscreteVPSchedule.sd_linear(),
-                                   metadata={"mode": "gs", "cfg": 7.5, "model": {"family": "SD15"}})
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        solver.mu_logit.add_(0.1 * torch.randn(nfe - 1, generator=gen))
-        solver.t_couple.copy_(0.01 * torch.randn(nfe, generator=gen))
-        solver.a.copy_(0.01 * torch.randn(nfe, nfe, generator=gen) * solver.used_mask())
-        solver.c.copy_(0.01 * torch.randn(nfe, nfe, generator=gen) * solver.used_mask())
-    return solver
+    return perturbed_solver(nfe, schedule=schedule, metadata={"mode": "gs", "model": {"family": "SD15"}},
+                            time_scale=0.1, couple_scale=0.01, coef_scale=0.01)
 
 
 def same(a: gas.GeneralizedSolver, b: gas.GeneralizedSolver) -> bool:

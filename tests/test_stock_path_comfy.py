@@ -22,10 +22,11 @@ from safetensors.torch import load_file, save_file
 
 import gas
 from tests.helpers.comfy_env import ComfyServer, require_comfyui
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.solvers import write_solver
 from tests.helpers.tiny_checkpoints import write_tiny_sd15
-from tests.test_nodes_comfy_server import expect_execution_error, write_solver
+from tests.test_nodes_comfy_server import expect_execution_error
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "ComfyUI-GAS"
 CKPT = "tiny_sd15.safetensors"
 SOLVER = "sd15-nfe4-stock.safetensors"

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO_ROOT
+
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 README_SHOT = REPO_ROOT / "docs" / "images" / "comfyui-gas-workflow.png"
 PACK_NAME = "ComfyUI-GAS"

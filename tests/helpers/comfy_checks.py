@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.solvers import perturbed_solver
+
 PACK_NAME = "gas_pack_under_test"
 CFG = 7.5
 
@@ -46,22 +48,6 @@ def load_pack(pack_dir: Path = REPO_ROOT, name: str = PACK_NAME) -> ModuleType:
     spec.loader.exec_module(module)
     importlib.import_module(f"{name}.nodes.extension")  # the root __init__ imports the node modules lazily
     return module
-
-
-def random_solver(gas: ModuleType, nfe: int = 4, seed: int = 0, *, schedule: Any = None,
-                  metadata: dict[str, Any] | None = None) -> Any:
-    """A trained-looking solver: perturbed timesteps, nonzero decoupled times and corrections (valid, random)."""
-    gen = torch.Generator().manual_seed(seed)
-    meta = {"mode": "gas", "cfg": CFG, "model": {"family": "SD15", "prediction": "eps"}}
-    meta.update(metadata or {})
-    solver = gas.GeneralizedSolver(nfe, schedule=schedule or gas.DiscreteVPSchedule.sd_linear(), metadata=meta)
-    mask = solver.used_mask()
-    with torch.no_grad():
-        solver.mu_logit.add_(0.3 * torch.randn(nfe - 1, generator=gen))
-        solver.t_couple.copy_(0.02 * torch.randn(nfe, generator=gen))
-        solver.a.copy_(0.05 * torch.randn(nfe, nfe, generator=gen) * mask)
-        solver.c.copy_(0.05 * torch.randn(nfe, nfe, generator=gen) * mask)
-    return solver
 
 
 def _ms(cms: ModuleType, schedule_cls: type, prediction_cls: type, **params: Any) -> Any:
@@ -309,7 +295,7 @@ def main(argv: list[str]) -> int:
         uncond = clip.encode_from_tokens_scheduled(clip.tokenize(""))
 
     schedule = gas.DiscreteVPSchedule.sd_linear()
-    solver = random_solver(gas)
+    solver = perturbed_solver(gas=gas)
     grid = solver.sigmas(schedule).detach().float()
     # EPS: decoupled "timestep" -> the UNet sees 1000*(t_k + t_couple_k) - 1
     report["timesteps_eps_solver"] = timesteps_check(comfy, model, pack, solver, cond, uncond,
@@ -324,7 +310,7 @@ def main(argv: list[str]) -> int:
     # V-prediction (ModelSamplingDiscrete node style object patch): decoupled "resigma", called at the shifted sigma
     vpred = model.clone()
     vpred.add_object_patch("model_sampling", _ms(cms, cms.ModelSamplingDiscrete, cms.V_PREDICTION))
-    vsolver = random_solver(gas, seed=1, metadata={"model": {"family": "SD15", "prediction": "v"}})
+    vsolver = perturbed_solver(seed=1, gas=gas, metadata={"model": {"family": "SD15", "prediction": "v"}})
     vgrid = vsolver.sigmas(schedule).detach().float()
     call_times = schedule.clamp_time(vsolver.shifted_times().detach())
     report["timesteps_v_solver"] = timesteps_check(comfy, vpred, pack, vsolver, cond, uncond,
@@ -336,7 +322,7 @@ def main(argv: list[str]) -> int:
     flow.add_object_patch("model_sampling", _ms(cms, cms.ModelSamplingDiscreteFlow, cms.CONST, shift=3.0,
                                                 multiplier=1000))
     flow_schedule = gas.FlowSchedule(3.0)
-    fsolver = random_solver(gas, seed=2, schedule=flow_schedule,
+    fsolver = perturbed_solver(seed=2, gas=gas, schedule=flow_schedule,
                             metadata={"cfg": CFG, "model": {"family": "SD15", "prediction": "flow"}})
     fgrid = fsolver.sigmas().detach().float()
     call_sigmas = flow_schedule.sigma_of_time(flow_schedule.clamp_time(fsolver.shifted_times().detach()))
