@@ -70,8 +70,19 @@ def comfyui_path() -> Path | None:
     return root if is_comfyui_checkout(root) else None
 
 
+_require_calls = 0
+
+
+def require_comfyui_calls() -> int:
+    """How many times :func:`require_comfyui` was called in this process (tests/helpers/comfy_accounting.py uses it
+    to tell which tests need a real ComfyUI)."""
+    return _require_calls
+
+
 def require_comfyui() -> Path:
     """Return the ComfyUI root from ``COMFYUI_PATH``, or skip the calling test (or fixture) with the reason why."""
+    global _require_calls
+    _require_calls += 1
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
         pytest.skip(SKIP_UNSET)
