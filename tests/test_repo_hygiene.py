@@ -73,15 +73,21 @@ def machine_path_needles(repo_root: Path) -> list[str]:
     return needles
 
 
+def _needle_pattern(needle: str) -> re.Pattern[str]:
+    """An absolute path counts only where a path starts (``/x/`` inside ``custom_nodes/x/`` is not ``/x/``)."""
+    return re.compile((r"(?<![\w.~/-])" if needle.startswith("/") else "") + re.escape(needle))
+
+
 def machine_path_offenders(repo_root: Path, names: list[str], needles: list[str]) -> list[str]:
     """``"name: needle"`` for every text file among ``names`` (relative to ``repo_root``) that contains a needle."""
+    patterns = {n: _needle_pattern(n) for n in needles}
     offenders = []
     for name in names:
         path = repo_root / name
         if path.suffix in _BINARY_SUFFIXES or not path.is_file():
             continue
         text = path.read_text(errors="ignore")
-        offenders += [f"{name}: {n}" for n in needles if n in text]
+        offenders += [f"{name}: {n}" for n, pattern in patterns.items() if pattern.search(text)]
     return offenders
 
 
@@ -110,7 +116,14 @@ def test_machine_path_check_finds_machine_paths_and_passes_generic_ones(tmp_path
     assert {f.split(":")[0] for f in found} == set(named)
 
 
-def test_machine_path_needles_for_a_clone_directly_in_tmp():
-    assert machine_path_needles(Path("/tmp/x y"))[0] == "/tmp/x y/"
-    assert "/tmp/" not in machine_path_needles(Path("/tmp/a.b"))
-    assert "/srv/build/" in machine_path_needles(Path("/srv/build/ComfyUI-GAS"))
+def test_machine_path_needles_for_clones_in_shared_folders(tmp_path):
+    # paths built from parts: this file must not name a folder that someone may clone into
+    in_tmp = Path("/tmp") / "x y"
+    assert machine_path_needles(in_tmp)[0] == f"{in_tmp}/"
+    assert "/tmp/" not in machine_path_needles(Path("/tmp") / "a.b")
+    assert f"{Path('/srv') / 'build'}/" in machine_path_needles(Path("/srv") / "build" / "ComfyUI-GAS")
+    # a clone at the file system's root: the README's ComfyUI/custom_nodes/ComfyUI-GAS/ is no machine path
+    at_root = machine_path_needles(Path("/") / "ComfyUI-GAS")
+    (tmp_path / "readme.md").write_text("ComfyUI/custom_nodes/ComfyUI-GAS/models/gas_solvers/")
+    (tmp_path / "notes.md").write_text(f"cd {Path('/') / 'ComfyUI-GAS'}/models")
+    assert machine_path_offenders(tmp_path, ["readme.md", "notes.md"], at_root) == [f"notes.md: {at_root[0]}"]
