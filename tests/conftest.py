@@ -1,4 +1,7 @@
-"""Shared fixtures: where the golden files live (``../shared/golden`` beside the checkout, or ``GAS_GOLDEN_DIR``)."""
+"""Shared fixtures: where the golden files live (``../shared/golden`` beside the checkout, or ``GAS_GOLDEN_DIR``).
+
+The hooks of tests/helpers/comfy_accounting.py count the real-ComfyUI tests (and fail a run where they had to run
+but skipped: ``GAS_REQUIRE_COMFYUI=1``)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.comfy_accounting import (  # noqa: F401  (hooks, registered by being names of this conftest)
+    pytest_fixture_setup,
+    pytest_runtest_logreport,
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 from tests.helpers.paths import REPO_ROOT
 
 

@@ -16,6 +16,7 @@ Two ways to use ComfyUI:
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
@@ -70,8 +71,19 @@ def comfyui_path() -> Path | None:
     return root if is_comfyui_checkout(root) else None
 
 
+_require_calls = 0
+
+
+def require_comfyui_calls() -> int:
+    """How many times :func:`require_comfyui` was called in this process (tests/helpers/comfy_accounting.py uses it
+    to tell which tests need a real ComfyUI)."""
+    return _require_calls
+
+
 def require_comfyui() -> Path:
     """Return the ComfyUI root from ``COMFYUI_PATH``, or skip the calling test (or fixture) with the reason why."""
+    global _require_calls
+    _require_calls += 1
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
         pytest.skip(SKIP_UNSET)
@@ -138,6 +150,15 @@ def _evict_shadowing_modules(root: Path) -> None:
             del sys.modules[key]
 
 
+def _redirect_writes(folder_paths: ModuleType) -> None:
+    """Point ``folder_paths``' output, temp and user folders at a new temporary folder, removed at exit."""
+    scratch = Path(tempfile.mkdtemp(prefix="gas-comfy-inprocess-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    for name in ("output", "temp", "user"):
+        (scratch / name).mkdir()
+        getattr(folder_paths, f"set_{name}_directory")(str(scratch / name))
+
+
 def import_comfy_in_process(
     comfy_root: str | os.PathLike[str],
     base_directory: str | os.PathLike[str] | None = None,
@@ -151,12 +172,17 @@ def import_comfy_in_process(
       ``comfy.model_management`` is first imported, which is done here; it has no effect afterwards.
     * ``base_directory``: ComfyUI's ``--base-directory`` (models/, input/, output/, ... live there). It only takes
       effect if ``folder_paths`` has not been imported yet; a different one afterwards raises RuntimeError.
+      Without one, ComfyUI's output, temp and user folders (inside its own tree by default) are pointed at a
+      throw-away folder removed at exit, so that a read-only ComfyUI works and nothing is written into it.
+    * No ``__pycache__`` is written from now on in this interpreter (``sys.dont_write_bytecode``), for the same reason.
     * ComfyUI's root holds a regular ``tests`` package: import this repository's ``tests.*`` modules *before* calling
       this, or ``tests`` resolves to ComfyUI's (this repository's ``tests`` is a namespace package).
     """
     root = Path(comfy_root).resolve()
     if not is_comfyui_checkout(root):
         raise FileNotFoundError(f"{root} is not a ComfyUI checkout")
+    sys.dont_write_bytecode = True
+    first_import = "folder_paths" not in sys.modules
     if str(root) in sys.path:
         sys.path.remove(str(root))
     sys.path.insert(0, str(root))
@@ -178,11 +204,14 @@ def import_comfy_in_process(
         elif os.path.normcase(loaded.base_path) != os.path.normcase(base):
             raise RuntimeError(f"folder_paths already uses base directory {loaded.base_path}, not {base}")
 
+    folder_paths = importlib.import_module("folder_paths")
+    if first_import and base_directory is None:
+        _redirect_writes(folder_paths)
     return ComfyModules(
         root=root,
         args=args,
         model_management=importlib.import_module("comfy.model_management"),
-        folder_paths=importlib.import_module("folder_paths"),
+        folder_paths=folder_paths,
         sd=importlib.import_module("comfy.sd"),
         samplers=importlib.import_module("comfy.samplers"),
         sample=importlib.import_module("comfy.sample"),
@@ -426,7 +455,9 @@ class ComfyServer:
         self._prepare_base_dir()
         self.port = free_port()
         env = dict(os.environ)
-        env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", **self.extra_env})
+        # no __pycache__ inside ComfyUI's folder, which may be read-only
+        env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1",
+                    **self.extra_env})
         self._log_file = open(self.log_path, "wb")  # closed in stop()
         self.process = subprocess.Popen(
             self.command(),
