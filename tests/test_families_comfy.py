@@ -10,7 +10,8 @@ an interpreter for good.
 
 Cost (2-core CPU): the files are written once per test session into pytest's temporary folder, about 1.2 GB in all
 (fp16: Flux 808 MB, the smallest model ComfyUI still calls Flux; SDXL 263 MB; SD2-v 146 MB; SD3 4 MB; Wan 2 MB
-each), in about 10 s; loading takes 0.1-4 s a family and the whole worker about 1-2 minutes.
+each), in about 10 s; loading takes 0.1-4 s a family. The worker spends about 2.5 CPU-minutes in all (sampling
+about 1, the five tiny trainer runs about 1.5, Flux and SD2-v the largest), i.e. 1.5-2 minutes on two idle cores.
 
 The 5-D tests at the end need no ComfyUI: ``gas.sample_gas`` on video latents (B, C, T, H, W).
 """
@@ -38,13 +39,16 @@ from tests.helpers.tiny_families import FAMILIES, write_tiny_family
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {"OMP_NUM_THREADS": "2"}
 NAMES = list(FAMILIES)
+#: Families the trainer's Python API distils in these tests (tiny configuration), and the modes tried.
+TRAIN = {"sd2v": ["gs"], "sd3": ["gs", "gas"], "flux": ["gs"], "wan21": ["gs", "gas"]}
 FLOW_SCHEDULES = {"sd3": (3.0, 1000.0), "flux": (math.exp(1.15), 1.0), "wan21": (8.0, 1000.0),
                   "wan22": (8.0, 1000.0)}
 
 
 @pytest.fixture(scope="session")
 def family_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny diffusion-model files, written once per test session."""
+    """The tiny diffusion-model files, written once per test session (only where ComfyUI can load them)."""
+    require_comfyui()
     folder = tmp_path_factory.getbasetemp() / "tiny_families"
     return {name: write_tiny_family(name, folder) for name in NAMES}
 
@@ -56,7 +60,8 @@ def report(family_files: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     out = tmp_path_factory.mktemp("families") / "report.json"
     done = subprocess.run(
         [sys.executable, "-m", "tests.helpers.family_checks", str(root), str(out),
-         *(f"{name}={path}" for name, path in family_files.items())],
+         *(f"{name}={path}" for name, path in family_files.items()),
+         *(f"--train={name}:{','.join(modes)}" for name, modes in TRAIN.items())],
         cwd=REPO_ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
@@ -128,6 +133,28 @@ def test_refuses_a_solver_made_for_something_else(report: dict[str, Any], name: 
         assert message is not None, f"{node} accepted the {role} solver"
         assert want in message and f"'{name}-{role}.safetensors'" in message
     assert refused["one_sentence"]
+
+
+@pytest.mark.parametrize(("name", "mode"), [(n, m) for n, modes in TRAIN.items() for m in modes
+                                            if not (n.startswith("wan") and m == "gas")])
+def test_trainer_api_distils_a_solver_that_samples(report: dict[str, Any], name: str, mode: str) -> None:
+    """The trainer's Python API (``distill_denoiser``, unchanged) distils a 4-step solver from ComfyUI's CFG denoiser
+    around the UNETLoader-loaded model (2 iterations, tiny teacher); the file records the detected family and
+    prediction, and samples through GAS Sigmas + GAS Sampler: V-prediction on the discrete schedule (SD2-v), a flow
+    model in GS and GAS mode (SD3), a guidance-distilled flow model at cfg 1 with its guidance value in the
+    conditioning (Flux dev) and 5-D video latents in GS mode (Wan 2.1)."""
+    trained = report[name]["training"][mode]
+    assert "error" not in trained, trained.get("error")
+    assert trained["file_in_folder"] and trained["mode"] == mode and trained["iterations"] == 2
+    assert trained["model"]["family"] == FAMILIES[name].config
+    assert trained["model"]["prediction"] == report[name]["detected"]["prediction"]
+    assert trained["shape"] == list(FAMILIES[name].latent) and trained["finite"]
+
+
+def test_gas_mode_refuses_video_latents_with_one_sentence(report: dict[str, Any]) -> None:
+    """GAS mode's discriminator is 2-D: on 5-D latents the trainer refuses with one sentence that points to GS."""
+    message = report["wan21"]["training"]["gas"]["error"]
+    assert "(C, H, W)" in message and "--mode gs" in message and "\n" not in message
 
 
 # ----- 5-D latents, no ComfyUI ----------------------------------------------------------------------------------------

@@ -10,7 +10,12 @@ this repository as a node pack, and for each tiny family file (tests/helpers/tin
   CFGGuider and SamplerCustomAdvanced nodes with a random nonzero solver, an untrained solver and "(none)" on the
   untrained solver's sigmas, with conditioning built here (random tensors of the family's shapes);
 * ``refusals``: the message GAS Sigmas and GAS Sampler give for solvers made for another schedule kind, another
-  family and another prediction type.
+  family and another prediction type;
+* ``training`` (families named with ``--train NAME:MODE,...``): the trainer's Python API
+  (``trainer.distill.distill_denoiser``, unchanged) distils a 4-step solver from ComfyUI's own CFG denoiser around
+  the loaded model (``comfy.samplers.sampling_function``, float timesteps for discrete schedules, as the trainer's
+  ComfyUI adapter builds it) with the same random conditioning, in a tiny configuration; the solver file it writes
+  then samples through GAS Sigmas + GAS Sampler.
 
 Writes one JSON report; importing ComfyUI changes an interpreter for good, hence the separate process.
 """
@@ -178,9 +183,96 @@ def sampling_checks(runner: NodeRunner, model: Any, name: str, family: Any, solv
     return report
 
 
+def comfy_denoiser(comfy: Any, bridge: Any, model: Any, family: Any, cfg: float) -> dict[str, Any]:
+    """ComfyUI's CFG denoiser around a loaded model with this module's random conditioning, as keyword arguments of
+    ``distill_denoiser``: differentiable, discrete-schedule networks see the float timestep of each GAS time."""
+    samplers, helpers = comfy.samplers, importlib.import_module("comfy.sampler_helpers")
+    patcher_extension = importlib.import_module("comfy.model_patcher")
+    base = model.model
+    base.requires_grad_(False)
+    comfy.model_management.load_models_gpu([model], force_full_load=True)
+    info = bridge.describe_model_sampling(model.get_model_object("model_sampling"))
+    override = bridge.FloatTimestepOverride(info.schedule, label="GAS trainer") if info.float_timesteps else None
+    options = patcher_extension.create_model_options_clone(model.model_options)
+    if override is not None:
+        options = override.install(options)
+    positive, negative = conditioning(family, 1), conditioning(family, 2)
+    next_time: list[torch.Tensor] = []
+
+    def batched(cond: list[list[Any]], n: int) -> list[dict[str, Any]]:
+        context, extra = cond[0]
+        extra = {k: v.expand(n, -1) if torch.is_tensor(v) else v for k, v in extra.items()}
+        return helpers.convert_cond([[context.expand(n, -1, -1), extra]])
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        conds = samplers.process_conds(base, x, {"positive": batched(positive, x.shape[0]),
+                                                 "negative": batched(negative, x.shape[0])}, x.device)
+
+        def guided() -> torch.Tensor:
+            return samplers.sampling_function(base, x, sigma, conds["negative"], conds["positive"], cfg,
+                                              model_options=options, seed=None)
+
+        if override is None:
+            return guided()
+        t = next_time.pop() if next_time else info.schedule.time_of_sigma(sigma.detach().to(torch.float64))
+        with override.at(t):
+            return guided()
+
+    return {"denoiser": denoiser, "schedule": info.schedule, "cfg": cfg,
+            "identity": bridge.model_identity(model),
+            "decoupled": bridge.decoupled_mode(info) if override is not None else "resigma",
+            "timestep_hook": (lambda t: next_time.__setitem__(slice(None), [t])) if override is not None else None}
+
+
+def training_checks(comfy: Any, runner: NodeRunner, model: Any, name: str, family: Any, modes: list[str],
+                    folder: Path, work: Path) -> dict[str, Any]:
+    """Distil a 4-step solver per mode with the trainer's Python API, then sample with it through the nodes."""
+    from gas import comfy_bridge, load_solver
+    from trainer.config import DistillConfig
+    from trainer.distill import distill_denoiser
+    from trainer.errors import TrainerError
+
+    fields = comfy_denoiser(comfy, comfy_bridge, model, family, CFG[name])
+    out: dict[str, Any] = {}
+    for mode in modes:
+        config = DistillConfig(nfe=4, mode=mode, train_size=2, val_size=2, batch=2, iters=2, teacher_steps=8,
+                               teacher_batch=2, eval_batch=2, disc_preset="small", out_dir=str(folder),
+                               cache_dir=str(work / "cache"), run_dir=str(work / "runs"), report=False,
+                               eval_every=10_000, ckpt_every=10_000, log_every=10_000)
+        start, cpu = time.perf_counter(), time.process_time()
+        entry: dict[str, Any] = {}
+        model.pre_run()  # what CFGGuider does before sampling (and undoes after it): the model's current patcher
+        try:
+            result = distill_denoiser(latent_shape=family.latent[1:], conditions=lambda indices: {},
+                                      config=config, progress=False, name=f"trained-{name}", **fields)
+        except TrainerError as exc:
+            entry["error"] = str(exc)
+        else:
+            solver_file = Path(result.solver_path)
+            meta = load_solver(solver_file).metadata
+            entry.update(file_in_folder=solver_file.parent == folder, mode=meta.get("mode"), model=meta.get("model"),
+                         iterations=meta.get("iterations"))
+            with torch.no_grad():
+                sigmas = runner.sigmas(model, solver_file.name)
+                positive, negative = conditioning(family, 1), conditioning(family, 2)
+                latent = runner.sample(model, solver_file.name, sigmas, positive, negative, CFG[name], family.latent)
+            entry.update(shape=list(latent.shape), finite=bool(torch.isfinite(latent).all()))
+        entry.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
+        out[mode] = entry
+    return out
+
+
 def main(argv: list[str]) -> int:
     comfy_root, out_path = argv[1], Path(argv[2])
-    files = dict(arg.split("=", 1) for arg in argv[3:])
+    train: dict[str, list[str]] = {}
+    files: dict[str, str] = {}
+    for arg in argv[3:]:
+        if arg.startswith("--train="):
+            family_name, modes = arg[len("--train="):].split(":")
+            train[family_name] = modes.split(",")
+        else:
+            family_name, path = arg.split("=", 1)
+            files[family_name] = path
     sys.path.insert(0, str(REPO_ROOT))
     from tests.helpers import comfy_checks
     from tests.helpers.comfy_env import import_comfy_in_process
@@ -206,6 +298,9 @@ def main(argv: list[str]) -> int:
                 solvers, other = make_solvers(gas, comfy_checks, Path(folder), name, family, detected, schedule)
                 with torch.no_grad():
                     entry["sampling"] = sampling_checks(runner, model, name, family, solvers, other, logic)
+                if name in train:
+                    entry["training"] = training_checks(comfy, runner, model, name, family, train[name], Path(folder),
+                                                        Path(folder) / "trainer-work")
             report[name] = entry
             del model
             comfy.model_management.unload_all_models()

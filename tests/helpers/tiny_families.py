@@ -248,8 +248,8 @@ class TinyFamily:
 
 FAMILIES: dict[str, TinyFamily] = {f.name: f for f in (
     TinyFamily("sd2v", sd2v_specs, "SD20", "V_PREDICTION", ("ModelSamplingDiscrete", "V_PREDICTION"),
-               (1, 4, 8, 8), (8, SD2_CONTEXT_DIM)),
-    TinyFamily("sdxl", sdxl_specs, "SDXL", "EPS", ("ModelSamplingDiscrete", "EPS"), (1, 4, 8, 8),
+               (1, 4, 4, 4), (8, SD2_CONTEXT_DIM)),
+    TinyFamily("sdxl", sdxl_specs, "SDXL", "EPS", ("ModelSamplingDiscrete", "EPS"), (1, 4, 4, 4),
                (8, SDXL_CONTEXT_DIM), pooled=1280),
     TinyFamily("sd3", sd3_specs, "SD3", "FLOW", ("ModelSamplingDiscreteFlow", "CONST"),
                (1, FLOW_LATENT_CHANNELS, 8, 8), (8, T5_DIM), pooled=SD3_POOLED_DIM),
