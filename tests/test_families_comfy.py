@@ -10,8 +10,8 @@ an interpreter for good.
 
 Cost (2-core CPU): the files are written once per test session into pytest's temporary folder, about 1.2 GB in all
 (fp16: Flux 808 MB, the smallest model ComfyUI still calls Flux; SDXL 263 MB; SD2-v 146 MB; SD3 4 MB; Wan 2 MB
-each), in about 10 s; loading takes 0.1-4 s a family. The worker spends about 2.5 CPU-minutes in all (sampling
-about 1, the five tiny trainer runs about 1.5, Flux and SD2-v the largest), i.e. 1.5-2 minutes on two idle cores.
+each), in about 10 s; loading takes 0.1-4 s a family. The whole file takes about 2 CPU-minutes (sampling about
+half, the five tiny trainer runs the other half, Flux and SD2-v the largest): 1 min 45 s on two shared cores.
 
 The 5-D tests at the end need no ComfyUI: ``gas.sample_gas`` on video latents (B, C, T, H, W).
 """
