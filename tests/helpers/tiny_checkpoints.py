@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -97,21 +98,25 @@ def _resblock(name: str, n_in: int, n_out: int) -> Iterator[TensorSpec]:
         yield from _conv(f"{name}.skip_connection", n_in, n_out, k=1)
 
 
-def _spatial_transformer(name: str, channels: int) -> Iterator[TensorSpec]:
-    """A depth-1 SpatialTransformer with 1x1-conv proj_in/proj_out (SD1.x style) and cross-attention to CONTEXT_DIM."""
+def _spatial_transformer(name: str, channels: int, *, context_dim: int = CONTEXT_DIM, linear: bool = False,
+                         depth: int = 1) -> Iterator[TensorSpec]:
+    """A SpatialTransformer of ``depth`` blocks with cross-attention to ``context_dim``: 1x1-conv proj_in/proj_out
+    (SD1.x style) or Linear ones (``linear``: SD2.x / SDXL style)."""
+    project = _linear if linear else partial(_conv, k=1)
     yield from _norm(f"{name}.norm", channels)
-    yield from _conv(f"{name}.proj_in", channels, channels, k=1)
-    block = f"{name}.transformer_blocks.0"
-    for attn, context in (("attn1", channels), ("attn2", CONTEXT_DIM)):
-        yield from _linear(f"{block}.{attn}.to_q", channels, channels, bias=False)
-        yield from _linear(f"{block}.{attn}.to_k", context, channels, bias=False)
-        yield from _linear(f"{block}.{attn}.to_v", context, channels, bias=False)
-        yield from _linear(f"{block}.{attn}.to_out.0", channels, channels)
-    yield from _linear(f"{block}.ff.net.0.proj", channels, 2 * 4 * channels)  # GEGLU: value and gate halves
-    yield from _linear(f"{block}.ff.net.2", 4 * channels, channels)
-    for norm in ("norm1", "norm2", "norm3"):
-        yield from _norm(f"{block}.{norm}", channels)
-    yield from _conv(f"{name}.proj_out", channels, channels, k=1, init="small")
+    yield from project(f"{name}.proj_in", channels, channels)
+    for i in range(depth):
+        block = f"{name}.transformer_blocks.{i}"
+        for attn, context in (("attn1", channels), ("attn2", context_dim)):
+            yield from _linear(f"{block}.{attn}.to_q", channels, channels, bias=False)
+            yield from _linear(f"{block}.{attn}.to_k", context, channels, bias=False)
+            yield from _linear(f"{block}.{attn}.to_v", context, channels, bias=False)
+            yield from _linear(f"{block}.{attn}.to_out.0", channels, channels)
+        yield from _linear(f"{block}.ff.net.0.proj", channels, 2 * 4 * channels)  # GEGLU: value and gate halves
+        yield from _linear(f"{block}.ff.net.2", 4 * channels, channels)
+        for norm in ("norm1", "norm2", "norm3"):
+            yield from _norm(f"{block}.{norm}", channels)
+    yield from project(f"{name}.proj_out", channels, channels, init="small")
 
 
 def unet_specs() -> Iterator[TensorSpec]:
@@ -200,10 +205,16 @@ def _init_tensor(spec: TensorSpec, generator: torch.Generator) -> torch.Tensor:
     return t.normal_(0.0, std, generator=generator)
 
 
+def state_dict_from_specs(specs: Iterable[TensorSpec], seed: int = 0,
+                          dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """Initialise ``specs`` in order from one generator seeded with ``seed`` (deterministic), cast to ``dtype``."""
+    generator = torch.Generator().manual_seed(seed)
+    return {spec.name: _init_tensor(spec, generator).to(dtype) for spec in specs}
+
+
 def tiny_sd15_state_dict(seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """Build the tiny SD1.5 state dict in memory (deterministic for ``seed``), cast to ``dtype``."""
-    generator = torch.Generator().manual_seed(seed)
-    return {spec.name: _init_tensor(spec, generator).to(dtype) for spec in tiny_sd15_specs()}
+    return state_dict_from_specs(tiny_sd15_specs(), seed, dtype)
 
 
 def write_tiny_sd15(path: str | os.PathLike[str], seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
