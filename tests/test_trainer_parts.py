@@ -11,10 +11,10 @@ import torch
 import gas
 from tests.trainer_helpers import tiny_config, tiny_problem
 from trainer.baselines import dpmpp_2m, dpmpp_3m, ipndm
+from trainer.batches import batch_indices
 from trainer.config import DistillConfig
 from trainer.demo import GaussianMixtureDenoiser
 from trainer.discriminator import LatentDiscriminator, stage_count
-from trainer.distill import batch_indices
 from trainer.ema import EMA
 from trainer.errors import ConfigError
 from trainer.evaluate import sliced_wasserstein
