@@ -170,11 +170,11 @@ def train(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPaths
                     if interrupted:
                         raise mark_on_every_rank(TrainingInterruptedError(
                             f"interrupted at iteration {step}; the training state is saved in {paths.state}: run "
-                            "again with resume to continue", parameters=("resume",)))
+                            "again with `resume` to continue"))
             except KeyboardInterrupt:
                 raise TrainingInterruptedError(
                     f"aborted during iteration {run.step}; the last saved training state (iteration {last_good}) "
-                    f"is in {paths.state}: run again with resume to continue", parameters=("resume",)) from None
+                    f"is in {paths.state}: run again with `resume` to continue") from None
     finally:
         monitor.close()
 
@@ -202,8 +202,8 @@ def _diverged(exc: NonFiniteError, step: int, last_good: int, state: Path) -> Tr
     kept = (f"the last good training state (iteration {last_good}) is kept in {state}" if last_good > 0
             else "no training state had been saved yet")
     return mark_on_every_rank(TrainingDivergedError(
-        f"the {exc.what} became {exc.value} at iteration {step}, so training stopped; {kept} (try a lower lr or "
-        "disc_lr, or turn amp off)", parameters=("lr", "disc_lr", "amp")))
+        f"the {exc.what} became {exc.value} at iteration {step}, so training stopped; {kept} (try a lower `lr` or "
+        "`disc_lr`, or turn `amp` off)"))
 
 
 def _finish(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPaths, *, t_start: float,

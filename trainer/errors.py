@@ -1,14 +1,15 @@
 """Every error the trainer reports to its user: each message is one sentence, and the CLI maps them to exit codes.
 
-Messages name the Python parameters they are about (``nfe``, ``overwrite``, ``ckpt``, ...) and list them in
-:attr:`TrainerError.parameters`; :meth:`TrainerError.naming` rewrites those names, which is how ``python -m trainer``
-prints its own option names (``--nfe``, ``--overwrite``, ``--ckpt``) instead. The library knows nothing of the CLI.
+Messages name the Python parameters they are about (``nfe``, ``overwrite``, ``ckpt``, ...). A parameter is written
+between backquotes in the message given to the constructor, ``ConfigError("`nfe` must be ...")``: ``str(error)``
+shows the plain name (``nfe must be ...``) and :meth:`TrainerError.naming` another one, which is how
+``python -m trainer`` prints its option names (``--nfe must be ...``). The library knows nothing of the CLI.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 __all__ = [
     "ConfigError",
@@ -23,27 +24,31 @@ __all__ = [
 ]
 
 
-class TrainerError(Exception):
-    """Base class: a problem the user can fix; ``str(error)`` is one sentence and ``exit_code`` the CLI status.
+#: A parameter name in a message template: `name`.
+_PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
-    ``parameters``: the parameter names (fields of :class:`~trainer.config.DistillConfig`, or an adapter's arguments)
-    that the message names as words, for :meth:`naming`.
-    """
+
+class TrainerError(Exception):
+    """Base class: a problem the user can fix; ``str(error)`` is one sentence and ``exit_code`` the CLI status."""
 
     exit_code = 2
 
-    def __init__(self, message: str, *, parameters: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.parameters = tuple(parameters)
+    @property
+    def template(self) -> str:
+        """The message as given, parameters between backquotes."""
+        return str(self.args[0]) if self.args else ""
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The parameters the message names (fields of :class:`~trainer.config.DistillConfig`, adapter arguments)."""
+        return tuple(_PARAMETER.findall(self.template))
 
     def naming(self, names: Mapping[str, str]) -> str:
-        """The message with each of its :attr:`parameters` found in ``names`` written as ``names[parameter]``."""
-        text = str(self)
-        for parameter in sorted(self.parameters, key=len, reverse=True):
-            if parameter in names:
-                word = re.compile(rf"(?<![\w.-]){re.escape(parameter)}(?![\w-])")
-                text = word.sub(lambda _, flag=names[parameter]: flag, text)
-        return text
+        """The message with each parameter written as ``names[parameter]`` (its plain name where ``names`` has none)."""
+        return _PARAMETER.sub(lambda m: names.get(m.group(1), m.group(1)), self.template)
+
+    def __str__(self) -> str:
+        return self.naming({})
 
 
 class ConfigError(TrainerError, ValueError):

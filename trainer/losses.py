@@ -73,12 +73,10 @@ def load_lpips(device: torch.device | str = "cpu") -> nn.Module:
         where = os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILE)
         if cached:
             raise LPIPSUnavailableError(f"the LPIPS weights at {where} could not be loaded ({type(exc).__name__}); "
-                                        "delete the file so it is downloaded again, or use loss l1",
-                                        parameters=("loss",)) from None
+                                        "delete the file so it is downloaded again, or use `loss` l1") from None
         raise LPIPSUnavailableError(
             f"LPIPS-VGG needs torchvision's VGG16 weights, which are not in {where} and could not be downloaded "
-            f"({type(exc).__name__}): connect to the internet once, copy the file there, or use loss l1",
-            parameters=("loss",)) from None
+            f"({type(exc).__name__}): connect to the internet once, copy the file there, or use `loss` l1") from None
     model.eval().requires_grad_(False)
     return model.to(device)
 
@@ -90,8 +88,7 @@ def resolve_lpips(problem: DistillProblem, loss: str, given: nn.Module | None, d
     dist = dist or Dist()
     if loss == "lpips":
         if problem.decode is None:
-            raise mark_on_every_rank(ConfigError("loss lpips needs a model that can decode its latents to images",
-                                                 parameters=("loss",)))
+            raise mark_on_every_rank(ConfigError("`loss` lpips needs a model that can decode its latents to images"))
         return given if given is not None else dist.agree(lambda: load_lpips(problem.device))
     if given is None and problem.decode is not None and dist.is_main and lpips_weights_cached():
         with contextlib.suppress(Exception):

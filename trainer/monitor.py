@@ -67,8 +67,7 @@ class RunMonitor:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ConfigError("tensorboard needs the tensorboard package: pip install tensorboard",
-                                  parameters=("tensorboard",)) from None
+                raise ConfigError("`tensorboard` needs the tensorboard package: pip install tensorboard") from None
             self.tb = SummaryWriter(str(run_dir / "tb"))
 
     @classmethod

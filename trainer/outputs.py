@@ -68,8 +68,7 @@ def check_writable(folder: Path, what: str) -> None:
 
 def existing_solver_error(path: Path) -> OutputError:
     """The error for a solver file that exists while ``overwrite`` is off."""
-    return OutputError(f"{path} already exists: pass overwrite to replace it, or name to pick another name",
-                       parameters=("overwrite", "name"))
+    return OutputError(f"{path} already exists: pass `overwrite` to replace it, or `name` to pick another name")
 
 
 def check_outputs(paths: OutputPaths, config: DistillConfig) -> None:
@@ -79,11 +78,10 @@ def check_outputs(paths: OutputPaths, config: DistillConfig) -> None:
     check_writable(paths.solver.parent, "output folder")
     check_writable(paths.run_dir, "run folder")
     if config.resume and not paths.state.exists():
-        raise ResumeError(f"there is no unfinished run to resume at {paths.state} (run without resume to start)",
-                          parameters=("resume",))
+        raise ResumeError(f"there is no unfinished run to resume at {paths.state} (run without `resume` to start)")
     if paths.state.exists() and not config.resume and not config.overwrite:
-        raise ResumeError(f"an unfinished run of {paths.stem} exists in {paths.run_dir}: pass resume to continue "
-                          "it, or overwrite to start over", parameters=("resume", "overwrite"))
+        raise ResumeError(f"an unfinished run of {paths.stem} exists in {paths.run_dir}: pass `resume` to continue "
+                          "it, or `overwrite` to start over")
 
 
 def finite_or_none(value: Any) -> Any:

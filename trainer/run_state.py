@@ -46,7 +46,7 @@ class RunState:
             shape = tuple(problem.latent_shape)
             if len(shape) != 3:
                 raise ConfigError(f"the GAS discriminator needs (C, H, W) latents, got shape {list(shape)}; use "
-                                  "mode gs", parameters=("mode",))
+                                  "`mode` gs")
             widths, groups = config.disc_architecture()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(config.seed, "discriminator"))
