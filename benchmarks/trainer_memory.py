@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
 def _table(args: argparse.Namespace) -> None:
     model = (f"{Path(args.ckpt).name} through ComfyUI, CFG, latents {args.batch}x4x{args.size}x{args.size}"
              if args.ckpt else f"tiny UNet eps-model, latents {args.batch}x4x{args.size}x{args.size}")
-    print(f"trainer iteration (GS, L1), {model}, device {args.device}, torch {torch.__version__}")
+    print(f"trainer iteration (GS, L1), {model}, device {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
     peak_name = "CUDA peak MB" if args.device.startswith("cuda") else "RSS growth MB"
     print(f"| NFE | checkpointing | saved MB | {peak_name} | s/it |")
     print("|---:|---|---:|---:|---:|")
