@@ -10,7 +10,7 @@ k-diffusion denoiser on SD1.5's schedule. With ``--ckpt`` it is a real checkpoin
 the tests' tiny SD1.5-shaped checkpoint (random weights, UNet 13.6 M parameters) to a temporary folder and uses that.
 Both need ComfyUI (``--comfyui`` or ``$COMFYUI_PATH``).
 
-One iteration is exactly the trainer's GS step (:class:`trainer.distill._Trainer`: student through all N calls with
+One iteration is exactly the trainer's GS step (:func:`trainer.steps.solver_step`: student through all N calls with
 autograd, L1 to a target, backward, clip, Adam, EMA). Each configuration runs in a fresh subprocess, and the table
 reports, per iteration:
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import shutil
 import statistics
@@ -93,21 +94,19 @@ def tiny_unet_problem(device: str | torch.device, size: int) -> DistillProblem:
 
 def _checkpoint_problem(ckpt: str, comfyui: str | None, device: str, size: int) -> DistillProblem:
     """The trainer's own problem for ``ckpt`` (ComfyUI's loader, CFG 7.5, the built-in prompts), ``8*size`` px."""
-    from trainer.cli import build_parser
     from trainer.comfy_adapter import build_problem
-    from trainer.prompts import load_prompts
 
-    argv = ["--ckpt", ckpt, "--width", str(8 * size), "--height", str(8 * size), "--device", device]
-    args = build_parser().parse_args(argv + (["--comfyui", comfyui] if comfyui else []))
-    args.prompt_set, args.output_name = load_prompts(None), "bench"
-    return build_problem(args)
+    return build_problem(ckpt, comfyui=comfyui or os.environ.get("COMFYUI_PATH"), device=device, width=8 * size,
+                         height=8 * size, name="bench")
 
 
 def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, checkpoint: str | None = None,
          comfyui: str | None = None) -> dict[str, float]:
+    from trainer.batches import training_batch
     from trainer.config import DistillConfig
-    from trainer.distill import _Trainer
+    from trainer.run_state import RunState
     from trainer.runtime import resolve_amp
+    from trainer.steps import StepContext, solver_step
     from trainer.teacher import end_sigmas
 
     torch.manual_seed(0)
@@ -117,7 +116,8 @@ def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, c
     shape = problem.latent_shape
     cfg = DistillConfig(nfe=nfe, mode="gs", batch=batch, train_size=max(batch, 16), grad_checkpoint=ckpt, amp="off")
     s0, _ = end_sigmas(problem, cfg.t_eps)
-    trainer = _Trainer(problem, cfg, resolve_amp("off", dev), s0, None)
+    ctx = StepContext(problem, cfg, resolve_amp("off", dev), s0)
+    run = RunState(problem, cfg)
     noise = torch.randn(cfg.train_size, *shape)
     target = torch.randn(cfg.train_size, *shape) * 0.5
 
@@ -135,8 +135,8 @@ def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, c
 
     x = start_state(problem, noise[:batch], s0)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run_student(problem, trainer.solver, x, problem.conditions(list(range(batch))),
-                          autocast=trainer.autocast, differentiable=True, grad_checkpoint=ckpt)
+        out = run_student(problem, run.solver, x, problem.conditions(list(range(batch))),
+                          autocast=ctx.autocast, differentiable=True, grad_checkpoint=ckpt)
     saved_mb = sum(seen.values()) / 2**20
     del out
 
@@ -148,8 +148,8 @@ def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, c
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         start = time.perf_counter()
-        trainer.step += 1
-        trainer.train_step(noise, target, 0, Path("unused"))
+        run.step += 1
+        solver_step(ctx, run, training_batch(problem, cfg, run.step, noise, target))
         if dev.type == "cuda":
             torch.cuda.synchronize()
             peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
 def _table(args: argparse.Namespace) -> None:
     model = (f"{Path(args.ckpt).name} through ComfyUI, CFG, latents {args.batch}x4x{args.size}x{args.size}"
              if args.ckpt else f"tiny UNet eps-model, latents {args.batch}x4x{args.size}x{args.size}")
-    print(f"trainer iteration (GS, L1), {model}, device {args.device}, torch {torch.__version__}")
+    print(f"trainer iteration (GS, L1), {model}, device {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
     peak_name = "CUDA peak MB" if args.device.startswith("cuda") else "RSS growth MB"
     print(f"| NFE | checkpointing | saved MB | {peak_name} | s/it |")
     print("|---:|---|---:|---:|---:|")
