@@ -78,6 +78,9 @@ __all__ = [
 log = logging.getLogger("trainer")
 
 StepCallback = Callable[[int, dict[str, float]], None]
+#: ``(phase, done, total)``: "teacher (train)" / "teacher (held-out)" in samples, "train" in iterations.
+ProgressCallback = Callable[[str, int, int], None]
+StopCheck = Callable[[], bool]
 
 
 @dataclass
@@ -437,7 +440,8 @@ class TeacherData:
 
 
 def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autocast, *,
-                 progress: bool = True, dist: Dist | None = None) -> TeacherData:
+                 progress: bool = True, dist: Dist | None = None, on_progress: ProgressCallback | None = None,
+                 should_stop: StopCheck | None = None) -> TeacherData:
     """Resolve the teacher and get its training and held-out samples from the cache (generating what is missing).
 
     Under torch.distributed every rank calls this: rank 0 resolves the teacher (a searched GITS grid runs the model,
@@ -464,10 +468,14 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
         log.info("teacher: %s", spec.describe())
     train_idx = list(range(config.train_size))
     val_idx = [VALIDATION_OFFSET + j for j in range(config.val_size)]
-    train_noise, train_lat = cache.get(train_idx, generate, batch=config.teacher_batch, progress=progress,
-                                       desc="teacher (train)", dist=dist)
-    val_noise, val_lat = cache.get(val_idx, generate, batch=config.teacher_batch, progress=progress,
-                                   desc="teacher (held-out)", dist=dist)
+    def phase(desc: str) -> dict[str, Any]:
+        report = (lambda done, total: on_progress(desc, done, total)) if on_progress is not None else None
+        return {"desc": desc, "report": report, "should_stop": should_stop}
+
+    train_noise, train_lat = cache.get(train_idx, generate, batch=config.teacher_batch, progress=progress, dist=dist,
+                                       **phase("teacher (train)"))
+    val_noise, val_lat = cache.get(val_idx, generate, batch=config.teacher_batch, progress=progress, dist=dist,
+                                   **phase("teacher (held-out)"))
     return TeacherData(spec, cache, train_noise, train_lat, val_idx, val_noise, val_lat)
 
 
@@ -505,7 +513,8 @@ def evaluate_solver(problem: DistillProblem, config: DistillConfig, solver: Gene
 
 
 def distill(problem: DistillProblem, config: DistillConfig | None = None, *, progress: bool = True,
-            lpips_model: nn.Module | None = None, callback: StepCallback | None = None) -> DistillResult:
+            lpips_model: nn.Module | None = None, callback: StepCallback | None = None,
+            on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None) -> DistillResult:
     """Distil a GS/GAS solver for ``problem`` with ``config``; write the solver file, the report and logs.
 
     Raises a :class:`~trainer.errors.TrainerError` subclass with a one-sentence message on bad input (NFE out of
@@ -515,7 +524,10 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
 
     ``lpips_model``: a ready LPIPS module (default: LPIPS-VGG, loaded when the loss needs it or its weights are
     cached). ``callback(step, stats)`` runs after every iteration (monitoring; an exception from it stops training
-    like a crash would).
+    like a crash would). ``on_progress(phase, done, total)`` reports the teacher generation (samples) and training
+    (iterations) as they advance. ``should_stop()`` is asked between teacher batches and after every iteration; True
+    stops the run like Ctrl-C does (finished teacher samples and the training state are saved, then
+    :class:`~trainer.errors.TrainingInterruptedError`; ``resume`` continues).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) call it on every process with the same problem (each on its own device,
     ``cuda:LOCAL_RANK``) and config: it initialises the default process group if none exists (see
@@ -557,7 +569,8 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
     logs = _Logs(paths.run_dir, config) if dist.is_main else _Logs.disabled()
 
     s0, _ = end_sigmas(problem, config.t_eps)
-    data = load_teacher(problem, config, autocast, progress=progress, dist=dist)
+    data = load_teacher(problem, config, autocast, progress=progress, dist=dist, on_progress=on_progress,
+                        should_stop=should_stop)
     spec, cache = data.spec, data.cache
     train_noise, train_lat, val_idx, val_noise, val_lat = (data.train_noise, data.train_lat, data.val_idx,
                                                             data.val_noise, data.val_lat)
@@ -602,6 +615,8 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
                  "per-call gradient checkpointing" if config.grad_checkpoint else "no checkpointing")
     t_train = time.time()
     bar = _progress_bar(config.iters, trainer.step, progress)
+    if on_progress is not None:
+        on_progress("train", trainer.step, config.iters)
     try:
         with _InterruptGuard(announce=dist.is_main) as guard:
             try:
@@ -611,7 +626,8 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
                     step = trainer.step
                     if step == 1 or (step % config.eval_every == 0 and step < config.iters):
                         stats["val_l1"] = val_l1()
-                    interrupted = dist.any_flag(guard.interrupted)  # every rank stops at the same iteration
+                    stop = guard.interrupted or (should_stop is not None and should_stop())
+                    interrupted = dist.any_flag(stop)  # every rank stops at the same iteration
                     saved = step % config.ckpt_every == 0 or step == config.iters or interrupted
                     if saved:
                         check_in_sync(step)
@@ -628,6 +644,8 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
                         _info(bar, f"iteration {step}/{config.iters}: {parts}")
                     if callback is not None:
                         callback(step, stats)
+                    if on_progress is not None:
+                        on_progress("train", step, config.iters)
                     if interrupted:
                         raise mark_on_every_rank(TrainingInterruptedError(
                             f"interrupted at iteration {step}; the training state is saved in {paths.state}: run the "
@@ -756,6 +774,7 @@ def distill_denoiser(denoiser: Callable[..., torch.Tensor], schedule: NoiseSched
                      conditions: Callable[[list[int]], dict[str, torch.Tensor]], latent_shape: Sequence[int],
                      config: DistillConfig | None = None, *, progress: bool = True,
                      lpips_model: nn.Module | None = None, callback: StepCallback | None = None,
+                     on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
                      **problem_fields: Any) -> DistillResult:
     """Distil a solver for your own k-diffusion-style denoiser ``(x, sigma, **cond) -> x0``.
 
@@ -766,4 +785,5 @@ def distill_denoiser(denoiser: Callable[..., torch.Tensor], schedule: NoiseSched
     """
     problem = DistillProblem(denoiser=denoiser, schedule=schedule, conditions=conditions,
                              latent_shape=tuple(int(d) for d in latent_shape), **problem_fields)
-    return distill(problem, config, progress=progress, lpips_model=lpips_model, callback=callback)
+    return distill(problem, config, progress=progress, lpips_model=lpips_model, callback=callback,
+                   on_progress=on_progress, should_stop=should_stop)
