@@ -20,6 +20,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SOLVER = "sd15-nfe4-gas.safetensors"
+LORA = "my_lora.safetensors"
 POSITIVE = "a photograph of a red fox in a snowy forest, golden hour, detailed fur"
 NEGATIVE = ""
 SEED = 42
@@ -66,7 +67,10 @@ class Graph:
             inputs = []
             for slot, (name, kind) in enumerate(node.inputs):
                 link = next((lk[0] for lk in self.links if lk[3] == node.id and lk[4] == slot), None)
-                inputs.append({"name": name, "type": kind, "link": link})
+                entry_in: dict[str, Any] = {"name": name, "type": kind, "link": link}
+                if kind == "COMBO":  # a dropdown widget fed by a link
+                    entry_in["widget"] = {"name": name}
+                inputs.append(entry_in)
             outputs = []
             for slot, (name, kind) in enumerate(node.outputs):
                 links = [lk[0] for lk in self.links if lk[1] == node.id and lk[2] == slot]
@@ -224,6 +228,59 @@ def compare() -> Graph:
     return g
 
 
+def train() -> Graph:
+    """Checkpoint -> LoRA -> GAS Train Solver -> GAS Sampler + GAS Sigmas -> SamplerCustomAdvanced (one queue)."""
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", (0, 120), (320, 100), [CHECKPOINT],
+                 outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
+    lora = g.add("LoraLoader", (360, 120), (320, 130), [LORA, 1.0, 1.0], inputs=[("model", "MODEL"), ("clip", "CLIP")],
+                 outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP")])
+    g.link(ckpt, 0, lora, "model")
+    g.link(ckpt, 1, lora, "clip")
+    trainer = g.add("GASTrainSolver", (720, 0), (360, 620),
+                    ["", "", CFG, SIZE, SIZE, str(NFE), "gas", 2000, SEED, "sd15-my-lora", False,
+                     0, 4, 0.001, 1400, 128, 100],
+                    inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")],
+                    outputs=[("solver", "COMBO"), ("preview", "IMAGE"), ("report", "STRING")])
+    g.link(lora, 0, trainer, "model")
+    g.link(lora, 1, trainer, "clip")
+    g.link(ckpt, 2, trainer, "vae")
+    pos = g.add("CLIPTextEncode", (720, 680), (400, 160), [POSITIVE], inputs=[("clip", "CLIP")],
+                outputs=[("CONDITIONING", "CONDITIONING")], title="Positive prompt")
+    neg = g.add("CLIPTextEncode", (720, 880), (400, 120), [NEGATIVE], inputs=[("clip", "CLIP")],
+                outputs=[("CONDITIONING", "CONDITIONING")], title="Negative prompt (empty, as in training)")
+    latent = g.add("EmptyLatentImage", (720, 1040), (320, 110), [SIZE, SIZE, 1], outputs=[("LATENT", "LATENT")])
+    g.link(lora, 1, pos, "clip")
+    g.link(lora, 1, neg, "clip")
+    noise = g.add("RandomNoise", (1160, 0), (300, 90), [SEED, "fixed"], outputs=[("NOISE", "NOISE")])
+    guider = g.add("CFGGuider", (1160, 130), (300, 100), [CFG],
+                   inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+                   outputs=[("GUIDER", "GUIDER")])
+    g.link(lora, 0, guider, "model")
+    g.link(pos, 0, guider, "positive")
+    g.link(neg, 0, guider, "negative")
+    trained = f"sd15-my-lora-nfe{NFE}-gas.safetensors"
+    sampler = g.add("GASSampler", (1160, 270), (320, 60), [trained], inputs=[("solver", "COMBO")],
+                    outputs=[("sampler", "SAMPLER")])
+    sigmas = g.add("GASSigmas", (1160, 370), (320, 110), [trained, 0, 1.0],
+                   inputs=[("model", "MODEL"), ("solver", "COMBO")], outputs=[("sigmas", "SIGMAS")])
+    g.link(trainer, 0, sampler, "solver")
+    g.link(lora, 0, sigmas, "model")
+    g.link(trainer, 0, sigmas, "solver")
+    decode = _advanced_branch(g, 1520, 120, ckpt, noise, guider, latent, sampler, sigmas,
+                              f"GAS, {NFE} steps, trained solver")
+    save = g.add("SaveImage", (1860, 120), (400, 440), ["gas_trained"], inputs=[("images", "IMAGE")])
+    g.link(decode, 0, save, "images")
+    report = g.add("PreviewAny", (1160, 640), (400, 300), [], inputs=[("source", "*")], title="Held-out scores")
+    g.link(trainer, 2, report, "source")
+    _note(g, (0, 300), (
+        "# Train a GAS solver for your model\n\nGAS Train Solver distils a few-step solver for the model as the "
+        "graph feeds it (here a checkpoint plus a LoRA) and writes it to `models/gas_solvers`; its `solver` output "
+        "drives GAS Sampler and GAS Sigmas in the same queue. Cancel keeps the progress: queue again to resume. "
+        "Once trained, the node's output is cached; later runs only sample."))
+    return g
+
+
 WORKFLOWS = {
     "gas_sd15_txt2img_sampler_custom_advanced": (custom_advanced, "GAS Sampler + GAS Sigmas",
                                                  ["GAS Sampler", "GAS Sigmas", "SamplerCustomAdvanced", "Save"], True),
@@ -231,6 +288,8 @@ WORKFLOWS = {
                                       True),
     "gas_sd15_compare_equal_nfe": (compare, "GAS vs dpmpp_2m vs teacher, one seed",
                                    [f"GAS {NFE} NFE", f"dpmpp_2m {NFE}", f"teacher {TEACHER_STEPS}"], False),
+    "gas_sd15_train_solver": (train, "Train a solver for checkpoint + LoRA",
+                              ["Checkpoint", "LoRA", "GAS Train Solver", "GAS Sampler"], True),
 }
 
 

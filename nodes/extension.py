@@ -1,4 +1,4 @@
-"""The pack's ComfyUI V3 extension: registers the solver folder and the four GAS nodes."""
+"""The pack's ComfyUI V3 extension: registers the solver folder and the GAS nodes."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from .info_node import GASSolverInfo
 from .ksampler_node import GASKSampler
 from .sampler_node import GASSampler
 from .sigmas_node import GASSigmas
+from .train_node import GASTrainSolver
 
-NODES: list[type[io.ComfyNode]] = [GASSampler, GASSigmas, GASKSampler, GASSolverInfo]
+NODES: list[type[io.ComfyNode]] = [GASSampler, GASSigmas, GASKSampler, GASSolverInfo, GASTrainSolver]
 
 
 class GASExtension(ComfyExtension):
-    """GAS Sampler, GAS Sigmas, GAS KSampler and GAS Solver Info."""
+    """GAS Sampler, GAS Sigmas, GAS KSampler, GAS Solver Info and GAS Train Solver."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         solver_folder.register()
