@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _worker(samples: int, steps: int, size: int, device: str, cache_dir: str) -> None:
     from benchmarks.trainer_memory import tiny_unet_problem
     from trainer.config import DistillConfig
-    from trainer.distill import load_teacher
     from trainer.distributed import init_distributed, shutdown_distributed
     from trainer.runtime import resolve_amp
+    from trainer.teacher_data import load_teacher
 
     dist = init_distributed(device)
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ k-diffusion denoiser on SD1.5's schedule. With ``--ckpt`` it is a real checkpoin
 the tests' tiny SD1.5-shaped checkpoint (random weights, UNet 13.6 M parameters) to a temporary folder and uses that.
 Both need ComfyUI (``--comfyui`` or ``$COMFYUI_PATH``).
 
-One iteration is exactly the trainer's GS step (:class:`trainer.distill._Trainer`: student through all N calls with
+One iteration is exactly the trainer's GS step (:func:`trainer.steps.solver_step`: student through all N calls with
 autograd, L1 to a target, backward, clip, Adam, EMA). Each configuration runs in a fresh subprocess, and the table
 reports, per iteration:
 
@@ -105,9 +105,11 @@ def _checkpoint_problem(ckpt: str, comfyui: str | None, device: str, size: int) 
 
 def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, checkpoint: str | None = None,
          comfyui: str | None = None) -> dict[str, float]:
+    from trainer.batches import training_batch
     from trainer.config import DistillConfig
-    from trainer.distill import _Trainer
+    from trainer.run_state import RunState
     from trainer.runtime import resolve_amp
+    from trainer.steps import StepContext, solver_step
     from trainer.teacher import end_sigmas
 
     torch.manual_seed(0)
@@ -117,7 +119,8 @@ def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, c
     shape = problem.latent_shape
     cfg = DistillConfig(nfe=nfe, mode="gs", batch=batch, train_size=max(batch, 16), grad_checkpoint=ckpt, amp="off")
     s0, _ = end_sigmas(problem, cfg.t_eps)
-    trainer = _Trainer(problem, cfg, resolve_amp("off", dev), s0, None)
+    ctx = StepContext(problem, cfg, resolve_amp("off", dev), s0)
+    run = RunState(problem, cfg)
     noise = torch.randn(cfg.train_size, *shape)
     target = torch.randn(cfg.train_size, *shape) * 0.5
 
@@ -135,8 +138,8 @@ def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, c
 
     x = start_state(problem, noise[:batch], s0)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run_student(problem, trainer.solver, x, problem.conditions(list(range(batch))),
-                          autocast=trainer.autocast, differentiable=True, grad_checkpoint=ckpt)
+        out = run_student(problem, run.solver, x, problem.conditions(list(range(batch))),
+                          autocast=ctx.autocast, differentiable=True, grad_checkpoint=ckpt)
     saved_mb = sum(seen.values()) / 2**20
     del out
 
@@ -148,8 +151,8 @@ def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, c
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         start = time.perf_counter()
-        trainer.step += 1
-        trainer.train_step(noise, target, 0, Path("unused"))
+        run.step += 1
+        solver_step(ctx, run, training_batch(problem, cfg, run.step, noise, target))
         if dev.type == "cuda":
             torch.cuda.synchronize()
             peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)

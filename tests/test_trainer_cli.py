@@ -161,3 +161,42 @@ def test_tensorboard_without_the_package_is_one_sentence(capsys, tmp_path):
     code, _, err = _run(capsys, ["--demo", "--mode", "gs", "--tensorboard", "--out", str(tmp_path / "o"),
                                  "--cache-dir", str(tmp_path / "c"), "--run-dir", str(tmp_path / "r"), *TINY])
     assert code == 2 and "tensorboard" in _one_sentence(err)
+
+
+def test_library_messages_name_parameters_and_the_cli_names_its_options(capsys, tmp_path):
+    """The same error: ``nfe`` from the Python API, ``--nfe`` from the command line; a parameter word that is also
+    prose (``tensorboard``, the package) is left alone."""
+    from trainer.errors import ConfigError, TrainerError
+
+    with pytest.raises(ConfigError) as info:
+        DistillConfig(nfe=0).validate()
+    assert str(info.value).startswith("nfe must be an integer") and info.value.parameters == ("nfe",)
+    assert info.value.naming(cli.option_names()).startswith("--nfe must be an integer")
+    error = TrainerError("`tensorboard` needs the tensorboard package; `disc_preset` and `out_dir` are fine")
+    assert error.naming(cli.option_names()) == ("--tensorboard needs the tensorboard package; --disc-size and --out "
+                                                "are fine")
+    assert str(error) == "tensorboard needs the tensorboard package; disc_preset and out_dir are fine"
+    # the output check of the library, through the CLI
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "demo-nfe4-gs.safetensors").write_bytes(b"x")
+    code, _, err = _run(capsys, ["--demo", "--mode", "gs", "--out", str(tmp_path / "o"), *TINY])
+    assert code == 2 and "pass --overwrite to replace it, or --name to pick" in _one_sentence(err)
+
+
+def test_only_the_cli_knows_option_names():
+    """No library module of the trainer writes a command-line option in its code (docstrings may mention them)."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO_ROOT / "trainer").glob("*.py")):
+        if path.name in ("cli.py", "__main__.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                offenders += [f"{path.name}:{node.lineno}: {m}" for m in re.findall(r"--[a-z][a-z-]+", node.value)]
+    assert not offenders, offenders

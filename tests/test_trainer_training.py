@@ -65,12 +65,12 @@ def test_ctrl_c_saves_and_resume_finishes_the_same(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     cfg = tiny_config(tmp_path / "b", iters=10, ckpt_every=100)
-    with pytest.raises(TrainingInterruptedError, match="--resume") as info:
+    with pytest.raises(TrainingInterruptedError, match="with resume to continue") as info:
         distill(p, cfg, progress=False, callback=press_ctrl_c)
     assert info.value.exit_code == 130
     run_dir = tmp_path / "b" / "runs" / "demo-nfe4-gs"
     assert (run_dir / "state.pt").exists()
-    with pytest.raises(ResumeError, match="--resume"):  # never start over silently
+    with pytest.raises(ResumeError, match="pass resume to continue"):  # never start over silently
         distill(p, cfg, progress=False)
     cfg.resume = True
     resumed = distill(p, cfg, progress=False)
@@ -123,7 +123,7 @@ def test_existing_output_is_never_overwritten_silently(tmp_path):
     before = first.solver_path.read_bytes()
     from trainer.errors import OutputError
 
-    with pytest.raises(OutputError, match="--overwrite"):
+    with pytest.raises(OutputError, match="pass overwrite to replace it"):
         distill(p, tiny_config(tmp_path, iters=3), progress=False)
     assert first.solver_path.read_bytes() == before
     again = distill(p, tiny_config(tmp_path, iters=4, overwrite=True), progress=False)

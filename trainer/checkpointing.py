@@ -44,11 +44,11 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ResumeError(f"the training state {path} cannot be read ({type(exc).__name__}); "
-                          "start over with --overwrite") from None
+                          "start over with `overwrite`") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ResumeError(f"{path} is not a GAS trainer state; start over with --overwrite")
+        raise ResumeError(f"{path} is not a GAS trainer state; start over with `overwrite`")
     if state.get("version") != STATE_VERSION:
-        raise ResumeError(f"{path} was written by another trainer version; start over with --overwrite")
+        raise ResumeError(f"{path} was written by another trainer version; start over with `overwrite`")
     return state
 
 
@@ -63,7 +63,7 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], saved_key: 
             b = list(b)
         if a != b:
             raise ResumeError(f"the training state {path} used {key}={a!r} but this run has {key}={b!r}; use the "
-                              "same settings to resume, or --overwrite to start over")
+                              "same settings to resume, or `overwrite` to start over")
     if saved_key != current_key:
         raise ResumeError(f"the training state {path} was trained against another teacher (model, prompts or teacher "
-                          "settings changed); use the same settings to resume, or --overwrite to start over")
+                          "settings changed); use the same settings to resume, or `overwrite` to start over")

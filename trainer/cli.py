@@ -3,14 +3,10 @@
     python -m trainer --demo                              # no ComfyUI, no checkpoint: the analytic demo (CPU)
     python -m trainer --ckpt sd15.safetensors --nfe 4     # from ComfyUI/custom_nodes/<this pack>/
 
-``--ckpt`` hands the parsed options to ``trainer.comfy_adapter.build_problem(args) -> DistillProblem`` (imported
-only then, so ``--help`` and ``--demo`` never import ComfyUI). What that function receives: the argparse namespace
-below, with ``args.comfyui`` = ``--comfyui`` or ``$COMFYUI_PATH`` or None (then the pack's grandparent is the
-natural guess), ``args.device`` resolved to a torch device string, ``args.prompt_set`` (a
-:class:`trainer.prompts.PromptSet` from ``--prompts`` or the built-in list) and ``args.output_name``; ``args.cfg``,
-``args.width``, ``args.height`` are None when the family default applies. It raises
-:class:`trainer.problem.ProblemError` (one sentence) for a missing checkpoint, a file that is not a model, or a
-family it cannot handle.
+This is the only module that knows the command line: it maps the options to the typed arguments of the Python API
+(:class:`~trainer.config.DistillConfig`, ``trainer.comfy_adapter.build_problem(ckpt, comfyui=..., ...)``, imported
+only for ``--ckpt``, so ``--help`` and ``--demo`` never import ComfyUI) and the parameter names in the library's
+error messages back to option names (:func:`option_names`, :meth:`trainer.errors.TrainerError.naming`).
 
 Exit status: 0 done, 2 bad input (one sentence on stderr), 3 training diverged (NaN/inf), 130 interrupted (state
 saved; ``--resume`` continues).
@@ -41,9 +37,9 @@ from .distributed import (
     on_every_rank,
     shutdown_distributed,
 )
-from .errors import ConfigError, OutputError, TrainerError
+from .errors import ConfigError, TrainerError
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "main", "option_names"]
 
 log = logging.getLogger("trainer")
 
@@ -184,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The option of each Python parameter whose name is not its option's (``--nfe`` <- ``nfe`` is derived from the parser).
+_RENAMED = {"out_dir": "--out", "disc_preset": "--disc-size", "grad_checkpoint": "--no-grad-checkpoint",
+            "report": "--no-report", "comfyui": "--comfyui (or $COMFYUI_PATH)"}
+
+
+def option_names(parser: argparse.ArgumentParser | None = None) -> dict[str, str]:
+    """Parameter name (``DistillConfig`` field, ``build_problem`` argument) -> command-line option, for the library's
+    error messages (:meth:`trainer.errors.TrainerError.naming`)."""
+    options = {action.dest: max(action.option_strings, key=len) for action in (parser or build_parser())._actions
+               if action.option_strings and action.dest != "help"}
+    return {**options, **_RENAMED}
+
+
 def _resolve_device(name: str) -> str:
     import torch
 
@@ -258,14 +267,14 @@ def _precheck_output(config: DistillConfig, name: str, dist: Dist, *, demo_resum
 
 
 def _precheck_files(config: DistillConfig, name: str, world: int, demo_resume: bool) -> None:
-    from .distill import _check_writable
+    from .outputs import check_writable, existing_solver_error
 
     config.validate(world)
     out_dir, _, _ = config.paths()
-    _check_writable(out_dir, "output folder")
+    check_writable(out_dir, "output folder")
     target = out_dir / f"{config.name or name}-nfe{config.nfe}-{config.mode}.safetensors"
     if target.exists() and not config.overwrite and not (demo_resume and config.resume):
-        raise OutputError(f"{target} already exists: pass --overwrite to replace it, or --name to pick another name")
+        raise existing_solver_error(target)
 
 
 def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> None:
@@ -276,9 +285,7 @@ def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> None:
     name = args.name or Path(args.ckpt).stem
     config.name = name
     _precheck_output(config, name, dist)
-    args.device = str(dist.device)
-    args.prompt_set = dist.agree(lambda: load_prompts(args.prompts))
-    args.output_name = name
+    prompts = dist.agree(lambda: load_prompts(args.prompts))
     try:
         from .comfy_adapter import build_problem
     except ModuleNotFoundError as exc:
@@ -286,7 +293,10 @@ def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> None:
             raise ConfigError("this copy of the pack has no ComfyUI adapter (trainer/comfy_adapter.py), so --ckpt "
                               "cannot load checkpoints; try --demo") from None
         raise
-    problem = dist.agree(lambda: build_problem(args))  # every rank loads the model on its own device
+    problem = dist.agree(lambda: build_problem(  # every rank loads the model on its own device
+        args.ckpt, comfyui=args.comfyui, device=str(dist.device), prompts=prompts, negative=args.negative,
+        cfg=args.cfg, width=args.width, height=args.height, dtype=args.dtype, name=name,
+        cache_dir=config.paths()[1]))
     if args.prompts:
         problem.extra_metadata.setdefault("prompts", Path(args.prompts).name)
     distill(problem, config, progress=not args.quiet and dist.is_main)
@@ -323,10 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except TrainerError as exc:
         all_ranks_here = on_every_rank(exc)
+        message = exc.naming(option_names(parser))
         if rank == 0:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
         elif not on_every_rank(exc):  # an error of this process alone: rank 0 does not know it
-            print(f"[rank {rank}] error: {exc}", file=sys.stderr)
+            print(f"[rank {rank}] error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         if rank == 0:

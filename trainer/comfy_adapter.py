@@ -1,7 +1,7 @@
 """A checkpoint loaded through ComfyUI's own model loading, as a :class:`~trainer.problem.DistillProblem`.
 
-``build_problem(args)`` finds ComfyUI (``--comfyui``, ``$COMFYUI_PATH``, or the folder two levels above this pack,
-i.e. ``ComfyUI/`` when the pack sits in ``ComfyUI/custom_nodes/``), imports it with its root first on ``sys.path``
+``build_problem(ckpt, comfyui=...)`` finds ComfyUI (``comfyui``, or the folder two levels above this pack, i.e.
+``ComfyUI/`` when the pack sits in ``ComfyUI/custom_nodes/``), imports it with its root first on ``sys.path``
 (ComfyUI's ``nodes.py`` must win over this pack's ``nodes/`` package), loads the checkpoint with
 ``comfy.sd.load_checkpoint_guess_config`` (family detected by ComfyUI), encodes the prompts with the checkpoint's own
 text encoder and returns a differentiable CFG denoiser built from ComfyUI's sampling functions:
@@ -15,7 +15,6 @@ outside the node graph nothing in this path runs under ``no_grad``/``inference_m
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -31,10 +30,11 @@ import torch
 
 from gas import comfy_bridge
 
-from .config import PACK_ROOT
+from .config import PACK_ROOT, DistillConfig
+from .errors import ProblemError
 from .gits import comfyui_gits_sigmas
-from .problem import DistillProblem, ProblemError
-from .prompts import PromptSet
+from .problem import DistillProblem
+from .prompts import PromptSet, load_prompts
 
 __all__ = ["ModelSource", "build_problem", "comfy_modules", "file_sha256", "find_comfyui", "import_comfy",
            "problem_from_model", "resolve_checkpoint"]
@@ -57,19 +57,19 @@ def _is_comfyui(path: Path) -> bool:
     return all((path / marker).is_file() for marker in _MARKERS)
 
 
-def find_comfyui(explicit: str | None) -> Path:
-    """ComfyUI's root: ``explicit`` (``--comfyui`` / ``$COMFYUI_PATH``) or the pack's grandparent."""
-    if explicit:
-        root = Path(explicit).expanduser().resolve()
+def find_comfyui(comfyui: str | os.PathLike[str] | None) -> Path:
+    """ComfyUI's root: the folder ``comfyui``, or (None) the pack's grandparent."""
+    if comfyui:
+        root = Path(comfyui).expanduser().resolve()
         if not _is_comfyui(root):
-            raise ProblemError(f"--comfyui/COMFYUI_PATH points to {root}, which is not a ComfyUI folder (no main.py, "
-                               "nodes.py and comfy/ there)")
+            raise ProblemError(f"`comfyui` points to {root}, which is not a ComfyUI folder (no main.py, nodes.py "
+                               "and comfy/ there)")
         return root
     guess = PACK_ROOT.parent.parent
     if _is_comfyui(guess):
         return guess
-    raise ProblemError("ComfyUI was not found: run the trainer from ComfyUI/custom_nodes/<this pack>, or pass "
-                       "--comfyui PATH (or set COMFYUI_PATH)")
+    raise ProblemError("ComfyUI was not found: run the trainer from ComfyUI/custom_nodes/<this pack>, or give the "
+                       "ComfyUI folder as `comfyui`")
 
 
 def import_comfy(root: Path, device: str) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def resolve_checkpoint(name_or_path: str, folder_paths: Any) -> Path:
     found = folder_paths.get_full_path("checkpoints", name_or_path)
     if found:
         return Path(found)
-    raise ProblemError(f"checkpoint '{name_or_path}' was found neither as a file nor in ComfyUI's "
+    raise ProblemError(f"the checkpoint '{name_or_path}' (`ckpt`) was found neither as a file nor in ComfyUI's "
                        "models/checkpoints folders")
 
 
@@ -194,18 +194,30 @@ class PromptEncoder:
         return out
 
 
-def build_problem(args: argparse.Namespace) -> DistillProblem:
-    """The :class:`DistillProblem` of ``args.ckpt`` loaded through ComfyUI (see the module docstring)."""
-    root = find_comfyui(args.comfyui)
-    comfy = import_comfy(root, args.device)
-    path = resolve_checkpoint(args.ckpt, comfy["folder_paths"])
+def build_problem(ckpt: str, *, comfyui: str | os.PathLike[str] | None = None, device: str = "cpu",
+                  prompts: PromptSet | None = None, negative: str = "", cfg: float | None = None,
+                  width: int | None = None, height: int | None = None, dtype: str = "auto", name: str | None = None,
+                  cache_dir: str | os.PathLike[str] | None = None) -> DistillProblem:
+    """The :class:`DistillProblem` of checkpoint ``ckpt`` (a path, or a name in ComfyUI's ``models/checkpoints``)
+    loaded through the ComfyUI at ``comfyui`` (None: the folder two levels above this pack) on ``device``.
+
+    ``prompts``: the conditioning (default: the built-in prompts); ``negative``: the negative prompt; ``cfg``,
+    ``width``, ``height``: None for the family's defaults (``height`` defaults to ``width``); ``dtype``: the model's
+    weight dtype, "auto", "fp32", "fp16" or "bf16"; ``name``: the output name (default: the checkpoint's file name
+    without extension); ``cache_dir``: the teacher cache folder, where the checkpoint's sha256 is remembered
+    (default: the pack's, as :meth:`DistillConfig.paths`). Raises :class:`~trainer.errors.ProblemError` (one
+    sentence) for a missing checkpoint, a file that is not a model, or a family it cannot handle.
+    """
+    root = find_comfyui(comfyui)
+    comfy = import_comfy(root, device)
+    path = resolve_checkpoint(ckpt, comfy["folder_paths"])
     log.info("loading %s through ComfyUI at %s", path.name, root)
-    patcher, clip, vae = _load(comfy, path, getattr(args, "dtype", "auto"))
-    _, cache_dir, _ = _cache_paths(args)
-    source = ModelSource(label=path.name, identity={"file": path.name, "sha256": file_sha256(path, cache_dir)},
+    patcher, clip, vae = _load(comfy, path, dtype)
+    _, hashes_dir, _ = DistillConfig(cache_dir=None if cache_dir is None else str(cache_dir)).paths()
+    source = ModelSource(label=path.name, identity={"file": path.name, "sha256": file_sha256(path, hashes_dir)},
                          comfy_root=root, extra_metadata={"checkpoint": path.name})
-    return problem_from_model(comfy, patcher, clip, vae, source, prompts=args.prompt_set, negative=args.negative or "",
-                              cfg=args.cfg, width=args.width, height=args.height, name=args.output_name)
+    return problem_from_model(comfy, patcher, clip, vae, source, prompts=prompts, negative=negative, cfg=cfg,
+                              width=width, height=height, name=name or Path(ckpt).stem)
 
 
 @dataclass
@@ -230,7 +242,7 @@ class ModelSource:
 
 
 def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any | None, source: ModelSource, *,
-                       prompts: PromptSet, negative: str, cfg: float | None, width: int | None,
+                       prompts: PromptSet | None, negative: str, cfg: float | None, width: int | None,
                        height: int | None, name: str) -> DistillProblem:
     """The :class:`DistillProblem` of a ComfyUI model (a ``ModelPatcher`` with whatever patches it carries), its
     text encoder and optional VAE. The model is loaded onto ComfyUI's torch device with its patches applied (ComfyUI's
@@ -241,12 +253,12 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
         raise ProblemError(f"{source.quoted} is a {family} model ({info.description or info.kind}): {info.reason}")
     native, default_cfg = _FAMILY_DEFAULTS.get(family, (512, 7.5))
     cfg = float(cfg) if cfg is not None else default_cfg
-    width = int(width or native)
     height = int(height or width or native)
+    width = int(width or native)
     base = patcher.model
     downscale = int(vae.spacial_compression_encode()) if vae is not None else 8
     if width % downscale or height % downscale or width <= 0 or height <= 0:
-        raise ProblemError(f"--width/--height must be positive multiples of {downscale} for this model, got "
+        raise ProblemError(f"`width` and `height` must be positive multiples of {downscale} for this model, got "
                            f"{width}x{height}")
     channels = int(base.latent_format.latent_channels)
     latent_shape = (channels, height // downscale, width // downscale)
@@ -262,6 +274,8 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
     if family.startswith("Flux") and family != "FluxSchnell":
         extra["guidance"] = _FLUX_GUIDANCE
     encoder = PromptEncoder(clip, extra)
+    prompts = prompts if prompts is not None else load_prompts(None)
+    negative = negative or ""
 
     def conditions(indices: list[int]) -> dict[str, torch.Tensor]:
         pos = encoder.batch([prompts.prompt(i) for i in indices])
@@ -313,8 +327,8 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
     identity.update(source.identity)
     identity.update({"cfg": cfg, "negative": negative, "prompts": prompts.digest(), "width": width, "height": height,
                      "dtype": str(base.get_dtype()).replace("torch.", "")})
-    description = (f"{source.label} ({family}, {info.prediction}-prediction, {schedule.describe()}), "
-                   f"{width}x{height}, cfg {cfg:g}, prompts: {prompts.source}")
+    description = (f"{source.label} ({family}, {info.prediction}-prediction, {schedule.describe()}), {width}x{height}, "
+                   f"cfg {cfg:g}, prompts: {prompts.source}")
     decoupled = comfy_bridge.decoupled_mode(info) if override is not None else "resigma"
     return DistillProblem(
         denoiser=denoiser, schedule=schedule, latent_shape=latent_shape, conditions=conditions, decode=decode,
@@ -323,13 +337,6 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
         gits_sigmas=_gits_sigmas(family, source.comfy_root) if source.comfy_root is not None else None,
         extra_metadata=dict(source.extra_metadata),
     )
-
-
-def _cache_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    out = Path(args.out) if getattr(args, "out", None) else PACK_ROOT / "models" / "gas_solvers"
-    cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else PACK_ROOT / "gas_cache"
-    runs = Path(args.run_dir) if getattr(args, "run_dir", None) else PACK_ROOT / "runs"
-    return out, cache, runs
 
 
 def _gits_sigmas(family: str, root: Path) -> Callable[[int], list[float]] | None:

@@ -38,7 +38,8 @@ DISC_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 @dataclass
 class DistillConfig:
-    """Options of one distillation run (see the field comments; the CLI's ``--help`` shows the same)."""
+    """Options of one distillation run (see the field comments; ``python -m trainer --help`` maps its options to these
+    fields)."""
 
     # ----- what is learned ---------------------------------------------------------------------------------------
     nfe: int = 4  #: network evaluations of the learned solver (its number of steps)
@@ -140,36 +141,37 @@ class DistillConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         need(is_int(self.nfe) and MIN_NFE <= self.nfe <= MAX_NFE,
-             f"--nfe must be an integer from {MIN_NFE} to {MAX_NFE}, got {self.nfe!r}")
-        need(self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        need(self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        need(self.teacher in TEACHERS, f"--teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
-        need(self.teacher_grid in TEACHER_GRIDS, f"teacher_grid must be one of {TEACHER_GRIDS}")
-        need(self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        need(self.disc_preset in DISC_PRESETS, f"disc_preset must be one of {', '.join(DISC_PRESETS)}")
-        need(is_num(self.t_eps) and 0 < self.t_eps < 1, f"t_eps must lie strictly between 0 and 1, got {self.t_eps!r}")
-        need(is_int(self.seed) and self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed!r}")
+             f"`nfe` must be an integer from {MIN_NFE} to {MAX_NFE}, got {self.nfe!r}")
+        need(self.mode in MODES, f"`mode` must be one of {', '.join(MODES)}, got {self.mode!r}")
+        need(self.loss in LOSSES, f"`loss` must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        need(self.teacher in TEACHERS, f"`teacher` must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
+        need(self.teacher_grid in TEACHER_GRIDS, f"`teacher_grid` must be one of {TEACHER_GRIDS}")
+        need(self.amp in AMP_MODES, f"`amp` must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        need(self.disc_preset in DISC_PRESETS, f"`disc_preset` must be one of {', '.join(DISC_PRESETS)}")
+        need(is_num(self.t_eps) and 0 < self.t_eps < 1,
+             f"`t_eps` must lie strictly between 0 and 1, got {self.t_eps!r}")
+        need(is_int(self.seed) and self.seed >= 0, f"`seed` must be a non-negative integer, got {self.seed!r}")
         for name in ("train_size", "val_size", "batch", "iters", "teacher_batch", "eval_batch", "ckpt_every",
                      "eval_every", "log_every", "disc_blocks"):
             value = getattr(self, name)
-            need(is_int(value) and value >= 1, f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+            need(is_int(value) and value >= 1, f"`{name}` must be a positive integer, got {value!r}")
         need(self.batch <= self.train_size,
-             f"--batch ({self.batch}) cannot be larger than --train-size ({self.train_size})")
+             f"`batch` ({self.batch}) cannot be larger than `train_size` ({self.train_size})")
         need(self.batch % processes == 0,
-             f"--batch ({self.batch}) must be divisible by the number of processes ({processes}), so that every "
+             f"`batch` ({self.batch}) must be divisible by the number of processes ({processes}), so that every "
              "process trains on an equal share of each batch")
-        need(is_int(self.grid_samples) and self.grid_samples >= 0, "grid_samples must be a non-negative integer")
+        need(is_int(self.grid_samples) and self.grid_samples >= 0, "`grid_samples` must be a non-negative integer")
         if self.teacher_steps is not None:
             need(is_int(self.teacher_steps) and 1 <= self.teacher_steps <= 10000,
-                 f"--teacher-steps must be an integer from 1 to 10000, got {self.teacher_steps!r}")
-        need(self.teacher_order in (1, 2, 3, 4), f"--teacher-order must be 1..4, got {self.teacher_order!r}")
+                 f"`teacher_steps` must be an integer from 1 to 10000, got {self.teacher_steps!r}")
+        need(self.teacher_order in (1, 2, 3, 4), f"`teacher_order` must be 1..4, got {self.teacher_order!r}")
         for name in ("lr", "disc_lr"):
             value = getattr(self, name)
-            need(is_num(value) and value > 0, f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+            need(is_num(value) and value > 0, f"`{name}` must be a positive number, got {value!r}")
         for name in ("grad_clip", "disc_weight", "r1_gamma"):
             value = getattr(self, name)
-            need(is_num(value) and value >= 0, f"--{name.replace('_', '-')} must be a number >= 0, got {value!r}")
-        need(is_num(self.ema) and 0 <= self.ema < 1, f"--ema must lie in [0, 1), got {self.ema!r}")
+            need(is_num(value) and value >= 0, f"`{name}` must be a number >= 0, got {value!r}")
+        need(is_num(self.ema) and 0 <= self.ema < 1, f"`ema` must lie in [0, 1), got {self.ema!r}")
         widths, groups = self.disc_architecture()
         need(len(widths) >= 1 and len(widths) == len(groups),
              "the discriminator needs as many group counts as widths")
@@ -179,4 +181,4 @@ class DistillConfig:
                  f"its group count {g}")
         if self.name is not None:
             need(bool(self.name) and not any(ch in self.name for ch in '/\\:*?"<>|'),
-                 f"--name {self.name!r} cannot be part of a file name")
+                 f"`name` {self.name!r} cannot be part of a file name")

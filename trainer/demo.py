@@ -251,8 +251,9 @@ def run_demo(config: DistillConfig, modes: list[str], *, device: str = "cpu", cf
     Returns ``{"results": {mode: DistillResult}, "methods": {...}, "table": str, "seconds": float}``. Under torchrun
     every rank trains and returns the same; rank 0 alone prints and writes.
     """
-    from .distill import distill, output_paths
+    from .distill import distill
     from .distributed import init_distributed
+    from .outputs import output_paths
 
     t0 = time.time()
     dist = init_distributed(device)
@@ -316,9 +317,12 @@ def _finished_result(problem: DistillProblem, config: DistillConfig, path: Any, 
     """A :class:`~trainer.distill.DistillResult` for a solver file an earlier (resumed) demo run already wrote."""
     from gas import load_solver
 
-    from .distill import DistillResult, evaluate_solver, load_teacher, output_paths
+    from .distill import DistillResult
     from .distributed import init_distributed
+    from .evaluate import evaluate_solver
+    from .outputs import output_paths
     from .runtime import resolve_amp
+    from .teacher_data import load_teacher
 
     dist = init_distributed(problem.device)
     autocast = resolve_amp(config.amp, problem.device)

@@ -252,7 +252,7 @@ class Dist:
                 exc = error  # our own object, with its traceback
             if r != 0:
                 with contextlib.suppress(Exception):
-                    exc = type(exc)(f"{exc} (on process {r})")
+                    exc = type(exc)(f"{exc.template} (on process {r})")
             raise mark_on_every_rank(exc)
         return result  # type: ignore[no-any-return]
 

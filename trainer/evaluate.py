@@ -14,10 +14,14 @@ Every method starts from the same held-out noises (the teacher's) and is compare
 
 Baselines run on the untrained solver's grid (uniform in GAS time, the grid GS/GAS training starts from):
 DPM-Solver++(3M) (the untrained solver itself), DPM-Solver++(2M) and iPNDM (order 4).
+
+Under torch.distributed every rank samples its contiguous share of the held-out set and the end states are gathered
+(:func:`evaluate_solver`, :func:`heldout_l1`), so every rank returns the same scores.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +31,19 @@ from torch import nn
 from gas import GeneralizedSolver
 
 from .baselines import BASELINES
+from .config import DistillConfig
+from .distributed import Dist
 from .losses import l1_latents, lpips_images
+from .outputs import finite_or_none
 from .problem import DistillProblem
 from .runtime import Autocast, run_student, start_state
+from .teacher import end_sigmas
+from .teacher_data import TeacherData
 
-__all__ = ["SWD_PROJECTIONS", "sample_baselines", "sample_solver", "score", "sliced_wasserstein"]
+__all__ = ["SWD_PROJECTIONS", "evaluate_solver", "heldout_l1", "sample_baselines", "sample_solver", "score",
+           "sliced_wasserstein"]
+
+log = logging.getLogger("trainer")
 
 SWD_PROJECTIONS = 256
 
@@ -109,3 +121,51 @@ def score(problem: DistillProblem, teacher: torch.Tensor, outputs: dict[str, tor
         for name in outputs:
             methods[name]["lpips"] = sums[name] / teacher.shape[0]
     return {"n": int(teacher.shape[0]), "methods": methods}
+
+
+def heldout_l1(problem: DistillProblem, config: DistillConfig, solver: GeneralizedSolver, data: TeacherData, *,
+               autocast: Autocast, dist: Dist | None = None) -> float:
+    """Mean held-out L1 of ``solver`` to the teacher (the loop's periodic check; each rank samples its share)."""
+    dist = dist or Dist()
+    s0, _ = end_sigmas(problem, config.t_eps)
+    solver = solver.to(problem.device)
+    lo, hi = dist.local_range(len(data.val_idx))
+    total = 0.0
+    if hi > lo:
+        out = sample_solver(problem, solver, data.val_idx[lo:hi], data.val_noise[lo:hi], s0, autocast=autocast,
+                            batch=config.eval_batch)
+        total = float(l1_latents(out, data.val_lat[lo:hi]).double().sum())
+    return dist.all_reduce_sum([total])[0] / max(1, len(data.val_idx))
+
+
+def _sharded(dist: Dist, n: int, run: Callable[[int, int], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``run(start, stop)`` on this rank's share of ``n`` held-out samples, gathered in order on every rank."""
+    lo, hi = dist.local_range(n)
+    local = run(lo, hi)
+    return {name: dist.all_gather_rows(lat) for name, lat in local.items()}
+
+
+def evaluate_solver(problem: DistillProblem, config: DistillConfig, solver: GeneralizedSolver, data: TeacherData,
+                    label: str, *, autocast: Autocast, lpips_model: nn.Module | None = None,
+                    dist: Dist | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Held-out scores of ``solver`` (as ``label``) and of the same-NFE baselines; returns (scores, end states).
+
+    Under torch.distributed every rank samples its share of the held-out set, the end states are gathered on every
+    rank, rank 0 computes the scores (LPIPS decodes there) and broadcasts them: every rank returns the same."""
+    dist = dist or Dist()
+    s0, _ = end_sigmas(problem, config.t_eps)
+    if dist.is_main:
+        log.info("evaluating on %d held-out samples", len(data.val_idx))
+    solver = solver.to(problem.device)
+
+    def run(lo: int, hi: int) -> dict[str, torch.Tensor]:
+        idx, noise = data.val_idx[lo:hi], data.val_noise[lo:hi]
+        out = {label: sample_solver(problem, solver, idx, noise, s0, autocast=autocast, batch=config.eval_batch)}
+        out.update(sample_baselines(problem, config.nfe, config.t_eps, idx, noise, s0, autocast=autocast,
+                                    batch=config.eval_batch))
+        return out
+
+    outputs = _sharded(dist, len(data.val_idx), run)
+    scores = dist.main_decides(lambda: finite_or_none(score(problem, data.val_lat, outputs, lpips_model=lpips_model,
+                                                            batch=config.eval_batch, indices=data.val_idx)))
+    return scores, outputs

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LPIPSUnavailableError
+from .distributed import Dist, mark_on_every_rank
+from .errors import ConfigError, LPIPSUnavailableError
+from .problem import DistillProblem
 
 __all__ = [
     "discriminator_loss",
@@ -28,6 +30,7 @@ __all__ = [
     "load_lpips",
     "lpips_images",
     "lpips_weights_cached",
+    "resolve_lpips",
 ]
 
 #: torchvision's file name of the VGG16 ImageNet weights that LPIPS-VGG builds on.
@@ -70,12 +73,27 @@ def load_lpips(device: torch.device | str = "cpu") -> nn.Module:
         where = os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILE)
         if cached:
             raise LPIPSUnavailableError(f"the LPIPS weights at {where} could not be loaded ({type(exc).__name__}); "
-                                        "delete the file so it is downloaded again, or use --loss l1") from None
+                                        "delete the file so it is downloaded again, or use `loss` l1") from None
         raise LPIPSUnavailableError(
-            f"the LPIPS loss needs torchvision's VGG16 weights, which are not in {where} and could not be downloaded "
-            f"({type(exc).__name__}): connect to the internet once, copy the file there, or use --loss l1") from None
+            f"LPIPS-VGG needs torchvision's VGG16 weights, which are not in {where} and could not be downloaded "
+            f"({type(exc).__name__}): connect to the internet once, copy the file there, or use `loss` l1") from None
     model.eval().requires_grad_(False)
     return model.to(device)
+
+
+def resolve_lpips(problem: DistillProblem, loss: str, given: nn.Module | None, dist: Dist | None = None
+                  ) -> nn.Module | None:
+    """The LPIPS model of a run: ``given``, else LPIPS-VGG when ``loss`` is "lpips" (every rank loads it; an error
+    if it cannot be had), else, for the held-out metric only, LPIPS-VGG on rank 0 when its weights are cached."""
+    dist = dist or Dist()
+    if loss == "lpips":
+        if problem.decode is None:
+            raise mark_on_every_rank(ConfigError("`loss` lpips needs a model that can decode its latents to images"))
+        return given if given is not None else dist.agree(lambda: load_lpips(problem.device))
+    if given is None and problem.decode is not None and dist.is_main and lpips_weights_cached():
+        with contextlib.suppress(Exception):
+            return load_lpips(problem.device)
+    return given
 
 
 def discriminator_loss(disc: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,

@@ -33,19 +33,12 @@ import torch
 from gas import NoiseSchedule
 from gas.sampling import DECOUPLED_MODES
 
-from .errors import TrainerError
+from .errors import ProblemError
 
-__all__ = ["VALIDATION_OFFSET", "DistillProblem", "ProblemError"]
+__all__ = ["VALIDATION_OFFSET", "DistillProblem", "ProblemError"]  # ProblemError: from trainer.errors
 
 #: Held-out sample indices are ``VALIDATION_OFFSET + j`` (``j = 0..val_size-1``), so their seeds never meet training's.
 VALIDATION_OFFSET = 1 << 20
-
-
-class ProblemError(TrainerError, ValueError):
-    """The model or its settings cannot be distilled (missing checkpoint, not a model, unsupported family, ...).
-
-    Adapters raise it with one sentence meant for the user; the CLI prints it and exits with status 2.
-    """
 
 
 @dataclass

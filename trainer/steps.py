@@ -1,0 +1,122 @@
+"""The two optimisation steps of one iteration (GS: the distillation loss only; GAS: plus the adversarial term of the
+GAS paper, arXiv 2510.17699).
+
+* :func:`discriminator_step` (GAS only, first): the student runs on fresh noise under ``no_grad`` with the batch's
+  conditioning, giving ``fake``; ``L_D = softplus(D(fake) - D(x_T)) + gamma/2 (R1 + R2)``; one Adam step on ``D``.
+* :func:`solver_step`: ``x_S = student(z, c)`` through all N model calls with autograd (each call checkpointed);
+  ``L = distill(x_S, x_T) + disc_weight * softplus(D(x_T) - D(x_S))`` (the adversarial part for GAS only, ``D``
+  frozen), averaged over the batch; backprop, gradient-norm clip, Adam, EMA update.
+
+``distill`` = loss 'l1': mean |x_S - x_T|; 'lpips': LPIPS-VGG between decoded images. Under torchrun the gradients
+and the logged numbers are averaged over the ranks before clipping and the optimiser steps, so every rank applies
+the identical update. A non-finite loss or gradient norm raises :class:`NonFiniteError` before any parameter changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .batches import Batch
+from .config import DistillConfig
+from .distributed import Dist
+from .losses import discriminator_loss, generator_adversarial_loss, l1_latents, lpips_images
+from .problem import DistillProblem
+from .run_state import RunState
+from .runtime import Autocast, run_student, start_state
+
+__all__ = ["NonFiniteError", "StepContext", "discriminator_step", "solver_step"]
+
+
+class NonFiniteError(ArithmeticError):
+    """A step met a non-finite ``what`` (the loop turns it into :class:`~trainer.errors.TrainingDivergedError`)."""
+
+    def __init__(self, what: str, value: float) -> None:
+        super().__init__(f"the {what} became {value}")
+        self.what, self.value = what, value
+
+
+@dataclass
+class StepContext:
+    """What every step reads and never changes: the problem, the options, autocast, the start sigma, LPIPS, ranks."""
+
+    problem: DistillProblem
+    config: DistillConfig
+    autocast: Autocast
+    s0: float
+    lpips: nn.Module | None = None
+    dist: Dist = field(default_factory=Dist)
+
+
+def _reduce(dist: Dist, params: list[nn.Parameter], stats: list[torch.Tensor]) -> list[float]:
+    """Average the gradients of ``params`` and the scalar ``stats`` over the ranks (one collective per dtype);
+    returns the averaged stats. A no-op average for one process."""
+    buf = torch.stack([s.detach().double().reshape(()) for s in stats])
+    dist.all_reduce_mean_([p.grad for p in params] + [buf])
+    return buf.tolist()
+
+
+def discriminator_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, float]:
+    """One Adam step of the discriminator against the student's samples of fresh noise; returns its stats."""
+    assert run.disc is not None and run.disc_opt is not None
+    prob, cfg = ctx.problem, ctx.config
+    fake_init = start_state(prob, batch.fake_noise(cfg), ctx.s0)
+    fake = run_student(prob, run.solver, fake_init, batch.cond, autocast=ctx.autocast, differentiable=False)
+    run.disc.requires_grad_(True)
+    d_loss_ps, parts = discriminator_loss(run.disc, batch.real, fake, cfg.r1_gamma)
+    d_loss = d_loss_ps.mean()
+    run.disc_opt.zero_grad(set_to_none=True)
+    if ctx.dist.distributed or torch.isfinite(d_loss):
+        d_loss.backward()
+    d_val, r1, r2 = _reduce(ctx.dist, list(run.disc.parameters()), [d_loss, parts["r1"].mean(), parts["r2"].mean()])
+    if not math.isfinite(d_val):
+        raise NonFiniteError("discriminator loss", d_val)
+    run.disc_opt.step()
+    run.disc.requires_grad_(False)
+    return {"d_loss": d_val, "r1": r1, "r2": r2}
+
+
+def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, float]:
+    """One Adam step of the solver on the batch (plus the EMA update); returns its stats."""
+    prob, cfg = ctx.problem, ctx.config
+    x_init = start_state(prob, batch.noise, ctx.s0)
+    out = run_student(prob, run.solver, x_init, batch.cond, autocast=ctx.autocast, differentiable=True,
+                      grad_checkpoint=cfg.grad_checkpoint)
+    if cfg.loss == "l1":
+        dist_loss = l1_latents(out, batch.real)
+    else:
+        assert prob.decode is not None and ctx.lpips is not None
+        with torch.no_grad():
+            target = prob.decode(batch.real).float()
+        dist_loss = lpips_images(ctx.lpips, prob.decode(out).float(), target)
+    total = dist_loss
+    parts = [dist_loss.detach().mean()]
+    if run.disc is not None:
+        adv = generator_adversarial_loss(run.disc, batch.real, out)
+        total = total + cfg.disc_weight * adv
+        parts.append(adv.detach().mean())
+    loss = total.mean()
+    run.opt.zero_grad(set_to_none=True)
+    if ctx.dist.distributed or torch.isfinite(loss):  # one process: never backpropagate a NaN
+        (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+    reduced = _reduce(ctx.dist, run.params, [loss, *parts])
+    if not math.isfinite(reduced[0]):
+        raise NonFiniteError("loss", reduced[0])
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    if run.scaler is not None:
+        run.scaler.unscale_(run.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip)
+        run.scaler.step(run.opt)
+        run.scaler.update()
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteError("gradient norm", float(grad_norm))
+        run.opt.step()
+    run.ema.update(run.params)
+    stats = {"adv": reduced[2]} if run.disc is not None else {}
+    stats.update(loss=reduced[0], distill=reduced[1], grad_norm=float(grad_norm))
+    return stats
