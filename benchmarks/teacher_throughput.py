@@ -3,12 +3,12 @@
 Usage: ``python -m benchmarks.teacher_throughput [--procs 1 2] [--samples 64] [--steps 32] [--size 32]
 [--threads 1] [--device cpu|cuda]``
 
-For each K, ``torchrun --nproc_per_node=K`` runs :func:`trainer.distill.load_teacher` (exactly what the trainer does
-before training: rank 0 lists the missing samples, the jobs are dealt out round-robin, every rank merges its samples
-into the shared cache under the cache's file lock, all ranks read the shards back) for ``--samples`` samples of a
-small UNet-like eps model (``benchmarks.trainer_memory.TinyUNet``) on SD-shaped latents ``4 x size x size``, with
-DPM-Solver++(3M) over ``--steps`` steps, into an empty cache. Each process uses ``--threads`` CPU threads (on CUDA,
-its own GPU). The table gives the wall-clock seconds from the first to the last barrier on rank 0, samples per
+For each K, ``torchrun --nproc_per_node=K`` runs :func:`trainer.teacher_data.load_teacher` (exactly what the trainer
+does before training: rank 0 lists the missing samples, the jobs are dealt out round-robin, every rank merges its
+samples into the shared cache under the cache's file lock, all ranks read the shards back) for ``--samples`` samples
+of a small UNet-like eps model (``benchmarks.trainer_memory.TinyUNet``) on SD-shaped latents ``4 x size x size``,
+with DPM-Solver++(3M) over ``--steps`` steps, into an empty cache. Each process uses ``--threads`` CPU threads (on
+CUDA, its own GPU). The table gives the wall-clock seconds from the first to the last barrier on rank 0, samples per
 second, and the speed-up over K=1: on a machine with at least K x threads free cores (or K GPUs) the ideal is K.
 """
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import shutil
 import statistics
@@ -93,14 +94,10 @@ def tiny_unet_problem(device: str | torch.device, size: int) -> DistillProblem:
 
 def _checkpoint_problem(ckpt: str, comfyui: str | None, device: str, size: int) -> DistillProblem:
     """The trainer's own problem for ``ckpt`` (ComfyUI's loader, CFG 7.5, the built-in prompts), ``8*size`` px."""
-    from trainer.cli import build_parser
     from trainer.comfy_adapter import build_problem
-    from trainer.prompts import load_prompts
 
-    argv = ["--ckpt", ckpt, "--width", str(8 * size), "--height", str(8 * size), "--device", device]
-    args = build_parser().parse_args(argv + (["--comfyui", comfyui] if comfyui else []))
-    args.prompt_set, args.output_name = load_prompts(None), "bench"
-    return build_problem(args)
+    return build_problem(ckpt, comfyui=comfyui or os.environ.get("COMFYUI_PATH"), device=device, width=8 * size,
+                         height=8 * size, name="bench")
 
 
 def _one(nfe: int, ckpt: bool, iters: int, device: str, size: int, batch: int, checkpoint: str | None = None,

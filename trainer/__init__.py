@@ -12,13 +12,14 @@ Public API::
   <trainer.distill.distill_denoiser>` is the same for your own model without building the problem yourself.
 * :mod:`trainer.demo` holds the built-in analytic teacher (``python -m trainer --demo``).
 
+Every error a user can meet is in :mod:`trainer.errors` (``TrainerError`` and its subclasses; the README's "Errors").
 (The functions are not re-exported here: ``trainer.distill`` stays the module.) Importing this package does not
 import ComfyUI; only ``python -m trainer --ckpt`` does (``trainer.comfy_adapter``).
 """
 
 from .config import DistillConfig
 from .distill import DistillResult
-from .errors import TrainerError
-from .problem import DistillProblem, ProblemError
+from .errors import ProblemError, TrainerError
+from .problem import DistillProblem
 
 __all__ = ["DistillConfig", "DistillProblem", "DistillResult", "ProblemError", "TrainerError"]
