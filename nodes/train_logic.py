@@ -15,11 +15,8 @@ from ._gas import core
 
 #: Characters a solver name cannot hold (it becomes a file name).
 _BAD_NAME = '/\\:*?"<>|'
-#: The trainer's command-line options as the node's input names (the trainer's messages name its options).
-_OPTION_NAMES = {"--nfe": "nfe", "--width/--height": "width/height", "--iters": "iterations", "--lr": "learning_rate",
-                 "--name": "solver_name", "--overwrite": "overwrite", "--batch": "batch", "--seed": "seed",
-                 "--teacher-steps": "teacher_steps", "--train-size": "train_size", "--val-size": "val_size",
-                 "--cfg": "cfg", "--mode": "mode"}
+#: The trainer's parameter names that are other input names on this node (its messages name its parameters).
+NODE_NAMES = {"iters": "iterations", "lr": "learning_rate", "name": "solver_name", "ckpt_every": "checkpoint_every"}
 
 
 def parse_nfe(text: str) -> list[int]:
@@ -60,13 +57,11 @@ def solver_file(name: str, nfe: int, mode: str) -> str:
     return f"{name}-nfe{nfe}-{mode}.safetensors"
 
 
-def node_message(text: str) -> str:
-    """A trainer message with its command-line options named as this node's inputs, as one sentence."""
-    for option, field in sorted(_OPTION_NAMES.items(), key=lambda kv: -len(kv[0])):
-        text = text.replace(option, field)
-    text = text.replace("run the same command with resume to continue", "queue the node again to continue")
-    text = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), text)
-    text = text.replace("pass overwrite", "turn on overwrite")
+def node_message(error: Exception) -> str:
+    """A trainer error as one sentence naming this node's inputs (``TrainerError.naming``; other errors as they are)."""
+    naming = getattr(error, "naming", None)
+    text = naming(NODE_NAMES) if callable(naming) else str(error)
+    text = text.replace("run again with resume to continue", "queue the node again to continue")
     return " ".join(text.split())
 
 

@@ -171,11 +171,11 @@ class GASTrainSolver(io.ComfyNode):
                                  lineage)
         except errors.TrainingInterruptedError as exc:
             log.warning("[GAS] Train Solver stopped: %s. Queue the node again to resume from there.",
-                        train_logic.node_message(str(exc)))
+                        train_logic.node_message(exc))
             mm.throw_exception_if_processing_interrupted()
             raise mm.InterruptProcessingException() from None
         except errors.TrainerError as exc:
-            raise logic.GASNodeError(train_logic.node_message(str(exc))) from None
+            raise logic.GASNodeError(train_logic.node_message(exc)) from None
         finally:
             mm.soft_empty_cache()
         preview = cls._preview(t, model, vae, results)

@@ -29,11 +29,14 @@ def test_names() -> None:
 
 
 def test_trainer_messages_name_the_node_inputs() -> None:
-    text = ("out/x.safetensors already exists: pass --overwrite to replace it, or --name to pick another name; "
-            "--teacher-steps must be an integer")
-    message = train_logic.node_message(text)
-    assert "--" not in message and "turn on overwrite" in message and "solver_name" in message
-    assert "teacher_steps" in message
+    from trainer.errors import ConfigError, TrainingInterruptedError
+
+    message = train_logic.node_message(ConfigError("`iters` must be a positive integer, and `lr` and `name` too"))
+    assert message == "iterations must be a positive integer, and learning_rate and solver_name too"
+    stopped = TrainingInterruptedError("interrupted at iteration 3; the state is saved: run again with `resume` to "
+                                       "continue")
+    assert train_logic.node_message(stopped).endswith("queue the node again to continue")
+    assert train_logic.node_message(ValueError("plain")) == "plain"
 
 
 def test_preview_grid_shape() -> None:
