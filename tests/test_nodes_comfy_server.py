@@ -87,7 +87,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, fingerprint: str):
         comfy_dir.mkdir(parents=True, exist_ok=True)
         model = {"family": "SD15", "prediction": "eps", "file": CKPT, "fingerprint": fingerprint}
         write_solver(comfy_dir / SOLVER, 4, 0, model=model)
-        other = {**model, "file": "some-finetune.safetensors", "fingerprint": "w16-0123456789abcdef01234567"}
+        other = {**model, "file": "some-finetune.safetensors", "fingerprint": "w16s-0123456789abcdef01234567"}
         write_solver(comfy_dir / OTHER_CKPT_SOLVER, 4, 5, model=other)
         (comfy_dir / BROKEN).write_bytes(b"\x00" * 64)
         write_solver(running.base_dir / "custom_nodes" / PACK_NAME / "models" / "gas_solvers" / SOLVER6, 6, 2,

@@ -90,6 +90,21 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
+def test_schema_help_page_and_template(server: ComfyServer) -> None:
+    """In sampling/custom_sampling/gas, a tooltip on every input and output, its help page served, its example
+    workflow in the template browser."""
+    node = server.object_info("GASTrainSolver")["GASTrainSolver"]
+    assert node["category"] == "sampling/custom_sampling/gas" and node["output_node"]
+    for section in ("required", "optional"):
+        for name, spec in node["input"][section].items():
+            assert spec[1].get("tooltip"), name
+    assert all(node["output_tooltips"]) and node["output"][0] == "COMBO"
+    status, text = server.get_text(f"/extensions/{PACK_NAME}/docs/GASTrainSolver.md")
+    assert status == 200 and text.startswith("# GAS Train Solver")
+    status, text = server.get_text("/workflow_templates")
+    assert status == 200 and "gas_sd15_train_solver" in text
+
+
 def solver_path(server: ComfyServer, name: str) -> Path:
     return server.models_dir / "gas_solvers" / f"{name}-nfe4-gs.safetensors"
 
