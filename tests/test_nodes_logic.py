@@ -24,7 +24,7 @@ from tests.helpers.fake_comfy import fake_comfy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SD = gas.DiscreteVPSchedule.sd_linear()
-NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo")
+NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo", "GASTrainSolver")
 
 
 def trained(nfe: int = 4, seed: int = 0, schedule: gas.NoiseSchedule | None = None, **meta: Any
@@ -333,8 +333,8 @@ def _schemas(fake: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_node_schemas(fake: dict[str, Any]) -> None:
-    """Four nodes with ids, display names, categories under sampling/custom_sampling/, a description, a tooltip on
-    every input and output, and the solver dropdown on each."""
+    """The nodes with ids, display names, categories under sampling/custom_sampling/, a description, a tooltip on
+    every input and output, and the solver dropdown on each that samples."""
     schemas = _schemas(fake)
     assert sorted(s.node_id for s in schemas.values()) == sorted(NODE_IDS)
     for schema in schemas.values():
@@ -342,6 +342,8 @@ def test_node_schemas(fake: dict[str, Any]) -> None:
         assert schema.category.startswith("sampling/custom_sampling/")
         for item in [*schema.inputs, *schema.outputs]:
             assert item.tooltip, f"{schema.node_id}.{item.id} has no tooltip"
+        if schema.node_id == "GASTrainSolver":  # makes solvers: no solver dropdown
+            continue
         solver = next(i for i in schema.inputs if i.id == "solver")
         assert solver.kwargs["options"][0] == logic.NO_SOLVER and solver.kwargs["default"] == logic.NO_SOLVER
     assert [o.io_type for o in schemas["GASSampler"].outputs] == ["SAMPLER"]
