@@ -25,6 +25,8 @@ CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SOLVER = "(none) DPM-Solver++(3M)"
 #: What ``python -m trainer --ckpt CHECKPOINT --nfe NFE`` writes into ``models/gas_solvers``.
 TRAINED_SOLVER = "v1-5-pruned-emaonly-nfe4-gas.safetensors"
+#: The LoRA the training example names (the user picks their own).
+LORA = "my_lora.safetensors"
 POSITIVE = "a photograph of a red fox in a snowy forest, golden hour, detailed fur"
 NEGATIVE = ""
 SEED = 42
@@ -32,6 +34,8 @@ CFG = 7.5
 NFE = 4
 TEACHER_STEPS = 30
 SIZE = 512
+#: LiteGraph's node mode for a bypassed node.
+BYPASSED = 4
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Node:
     inputs: list[tuple[str, str]] = field(default_factory=list)  # socket inputs: (name, type)
     outputs: list[tuple[str, str]] = field(default_factory=list)  # (name, type)
     title: str | None = None
+    mode: int = 0  # 0 runs, 4 bypassed (the frontend passes its inputs on)
 
 
 class Graph:
@@ -55,8 +60,8 @@ class Graph:
 
     def add(self, type_: str, pos: tuple[int, int], size: tuple[int, int], widgets: list[Any] | None = None,
             inputs: list[tuple[str, str]] | None = None, outputs: list[tuple[str, str]] | None = None,
-            title: str | None = None) -> Node:
-        node = Node(len(self.nodes) + 1, type_, pos, size, widgets or [], inputs or [], outputs or [], title)
+            title: str | None = None, mode: int = 0) -> Node:
+        node = Node(len(self.nodes) + 1, type_, pos, size, widgets or [], inputs or [], outputs or [], title, mode)
         self.nodes.append(node)
         return node
 
@@ -71,14 +76,17 @@ class Graph:
             inputs = []
             for slot, (name, kind) in enumerate(node.inputs):
                 link = next((lk[0] for lk in self.links if lk[3] == node.id and lk[4] == slot), None)
-                inputs.append({"name": name, "type": kind, "link": link})
+                entry_in: dict[str, Any] = {"name": name, "type": kind, "link": link}
+                if kind == "COMBO":  # a dropdown widget fed by a link
+                    entry_in["widget"] = {"name": name}
+                inputs.append(entry_in)
             outputs = []
             for slot, (name, kind) in enumerate(node.outputs):
                 links = [lk[0] for lk in self.links if lk[1] == node.id and lk[2] == slot]
                 outputs.append({"name": name, "type": kind, "links": links, "slot_index": slot})
             entry: dict[str, Any] = {
                 "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
-                "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+                "order": order, "mode": node.mode, "inputs": inputs, "outputs": outputs,
                 "properties": {"Node name for S&R": node.type}, "widgets_values": node.widgets,
             }
             if node.title:
@@ -103,14 +111,18 @@ def _text_nodes(g: Graph) -> tuple[Node, Node, Node, Node]:
     return ckpt, pos, neg, latent
 
 
-def _note(g: Graph, pos: tuple[int, int], about: str, solver_widgets: str) -> None:
-    """The workflow's read-me: what it does, then how to get a learned solver (the shipped workflows have none)."""
-    text = (f"{about}\n\n## Getting a GAS solver\n\nAs shipped, {solver_widgets} set to `{SOLVER}` (no learned "
-            "solver), so the first run works with any SD1.5 checkpoint. To use GAS, distil a solver for your "
-            "checkpoint once, from `ComfyUI/custom_nodes/ComfyUI-GAS`:\n\n"
-            f"`python -m trainer --ckpt {CHECKPOINT} --nfe {NFE}`\n\n"
-            f"It writes `models/gas_solvers/{TRAINED_SOLVER}`; press **R** (refresh) and pick it in the solver "
-            "dropdown.")
+def _note(g: Graph, pos: tuple[int, int], about: str, solver_widgets: str | None = None) -> None:
+    """The workflow's read-me: what it does, then (``solver_widgets``: the nodes shipped without a learned solver)
+    how to get one."""
+    text = about
+    if solver_widgets is not None:
+        text += (f"\n\n## Getting a GAS solver\n\nAs shipped, {solver_widgets} set to `{SOLVER}` (no learned "
+                 "solver), so the first run works with any SD1.5 checkpoint. To use GAS, distil a solver for your "
+                 "model once: inside ComfyUI with the *GAS Train Solver* template, or in a terminal, from "
+                 "`ComfyUI/custom_nodes/ComfyUI-GAS`:\n\n"
+                 f"`python -m trainer --ckpt {CHECKPOINT} --nfe {NFE}`\n\n"
+                 f"It writes `models/gas_solvers/{TRAINED_SOLVER}`; press **R** (refresh) and pick it in the solver "
+                 "dropdown.")
     g.add("MarkdownNote", pos, (440, 300), [text], title="Read me: about this workflow and its solver")
 
 
@@ -261,12 +273,69 @@ def compare() -> Graph:
     return g
 
 
+def train() -> Graph:
+    """Checkpoint -> LoRA -> GAS Train Solver -> GAS Sampler + GAS Sigmas -> SamplerCustomAdvanced (one queue)."""
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", (0, 120), (320, 100), [CHECKPOINT],
+                 outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
+    lora = g.add("LoraLoader", (360, 120), (320, 130), [LORA, 1.0, 1.0], inputs=[("model", "MODEL"), ("clip", "CLIP")],
+                 outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP")], mode=BYPASSED)
+    g.link(ckpt, 0, lora, "model")
+    g.link(ckpt, 1, lora, "clip")
+    trainer = g.add("GASTrainSolver", (720, 0), (360, 620),
+                    ["", "", CFG, SIZE, SIZE, str(NFE), "gas", 2000, SEED, "fixed", "sd15-my-lora", False,
+                     0, 4, 0.001, 1400, 128, 100],
+                    inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")],
+                    outputs=[("solver", "COMBO"), ("preview", "IMAGE"), ("report", "STRING")])
+    g.link(lora, 0, trainer, "model")
+    g.link(lora, 1, trainer, "clip")
+    g.link(ckpt, 2, trainer, "vae")
+    pos = g.add("CLIPTextEncode", (720, 680), (400, 160), [POSITIVE], inputs=[("clip", "CLIP")],
+                outputs=[("CONDITIONING", "CONDITIONING")], title="Positive prompt")
+    neg = g.add("CLIPTextEncode", (720, 880), (400, 120), [NEGATIVE], inputs=[("clip", "CLIP")],
+                outputs=[("CONDITIONING", "CONDITIONING")], title="Negative prompt (empty, as in training)")
+    latent = g.add("EmptyLatentImage", (720, 1040), (320, 110), [SIZE, SIZE, 1], outputs=[("LATENT", "LATENT")])
+    g.link(lora, 1, pos, "clip")
+    g.link(lora, 1, neg, "clip")
+    noise = g.add("RandomNoise", (1160, 0), (300, 90), [SEED, "fixed"], outputs=[("NOISE", "NOISE")])
+    guider = g.add("CFGGuider", (1160, 130), (300, 100), [CFG],
+                   inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+                   outputs=[("GUIDER", "GUIDER")])
+    g.link(lora, 0, guider, "model")
+    g.link(pos, 0, guider, "positive")
+    g.link(neg, 0, guider, "negative")
+    trained = f"sd15-my-lora-nfe{NFE}-gas.safetensors"
+    sampler = g.add("GASSampler", (1160, 270), (320, 60), [trained], inputs=[("solver", "COMBO")],
+                    outputs=[("sampler", "SAMPLER")])
+    sigmas = g.add("GASSigmas", (1160, 370), (320, 110), [trained, 0, 1.0],
+                   inputs=[("model", "MODEL"), ("solver", "COMBO")], outputs=[("sigmas", "SIGMAS")])
+    g.link(trainer, 0, sampler, "solver")
+    g.link(lora, 0, sigmas, "model")
+    g.link(trainer, 0, sigmas, "solver")
+    decode = _advanced_branch(g, 1520, 120, ckpt, noise, guider, latent, sampler, sigmas,
+                              f"GAS, {NFE} steps, trained solver")
+    save = g.add("SaveImage", (2110, 120), (400, 440), ["gas_trained"], inputs=[("images", "IMAGE")])
+    g.link(decode, 0, save, "images")
+    report = g.add("PreviewAny", (1160, 640), (400, 300), [], inputs=[("source", "*")], title="Held-out scores")
+    g.link(trainer, 2, report, "source")
+    _note(g, (0, 300), (
+        "# Train a GAS solver for your model\n\nGAS Train Solver distils a few-step solver for the model as the "
+        "graph feeds it and writes it to `models/gas_solvers`; its `solver` output drives GAS Sampler and GAS "
+        "Sigmas in the same queue. Cancel keeps the progress: queue again to resume. Once trained, the node's "
+        "output is cached; later runs only sample.\n\nThe LoRA loader ships **bypassed** (the solver is then "
+        "for the checkpoint alone): to train for checkpoint + LoRA, select it, press **Ctrl+B** and pick your "
+        "LoRA."))
+    return g
+
+
+
 #: File name (the template card's title in ComfyUI) -> builder.
 WORKFLOWS = {
     "GAS Sampler txt2img": custom_advanced,
     "GAS KSampler txt2img": ksampler,
     "GAS Model Patch txt2img": stock_ksampler,
     f"GAS vs dpmpp at {NFE} NFE": compare,
+    "GAS Train Solver": train,
 }
 
 

@@ -180,25 +180,28 @@ def _model_sampling(model: Any) -> Any:
     return _base_model(model).model_sampling
 
 
-def fingerprint_state_dict(state: Mapping[str, torch.Tensor], tensors: int = 4,
-                           max_elements: int = 1 << 16) -> str | None:
-    """A short hash identifying a network's weights, stable across fp16/fp32 loading: the first and last
-    ``tensors // 2`` floating-point tensors of ``state`` (sorted by name), at most ``max_elements`` values each,
-    rounded to float16. ``state`` is the diffusion model's state dict (a checkpoint's ``model.diffusion_model.*``
-    tensors with that prefix removed give the same value). None when the weights cannot be read that way."""
+def fingerprint_state_dict(state: Mapping[str, torch.Tensor], samples: int = 1024) -> str | None:
+    """A short hash identifying a network's weights, stable across fp16/fp32 loading: the name, shape and ``samples``
+    evenly spaced values (rounded to float16) of every floating-point tensor of ``state``, so a LoRA or any other
+    patch of any layer changes it. ``state`` is the diffusion model's state dict (a checkpoint's
+    ``model.diffusion_model.*`` tensors with that prefix removed give the same value). The values are gathered on the
+    weights' device and copied once. None when the weights cannot be read that way."""
     try:
         names = sorted(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point())
         if not names:
             return None
-        half = max(1, tensors // 2)
-        picked = list(dict.fromkeys(names[:half] + names[-half:]))
         digest = hashlib.sha256()
-        for name in picked:
+        picked = []
+        for name in names:
             value = state[name].detach()
             digest.update(f"{name}|{list(value.shape)}|".encode())
-            flat = value.reshape(-1)[:max_elements].to("cpu", torch.float16).contiguous()
-            digest.update(flat.numpy().tobytes())
-        return "w16-" + digest.hexdigest()[:24]
+            flat = value.reshape(-1)
+            stride = max(1, flat.numel() // samples)
+            picked.append(flat[::stride][:samples].to(torch.float16))
+        device = picked[0].device
+        values = torch.cat([p.to(device) for p in picked]).cpu().contiguous()
+        digest.update(values.numpy().tobytes())
+        return "w16s-" + digest.hexdigest()[:24]
     except Exception:  # exotic weight types: no fingerprint rather than a failure
         return None
 

@@ -11,12 +11,14 @@ from .ksampler_node import GASKSampler
 from .model_patch_node import GASModelPatch
 from .sampler_node import GASSampler
 from .sigmas_node import GASSigmas
+from .train_node import GASTrainSolver
 
-NODES: list[type[io.ComfyNode]] = [GASSampler, GASSigmas, GASKSampler, GASSolverInfo, GASModelPatch]
+NODES: list[type[io.ComfyNode]] = [GASSampler, GASSigmas, GASKSampler, GASSolverInfo, GASModelPatch, GASTrainSolver]
 
 
 class GASExtension(ComfyExtension):
-    """GAS Sampler, GAS Sigmas, GAS KSampler, GAS Solver Info and GAS Model Patch."""
+    """GAS Sampler, GAS Sigmas, GAS KSampler, GAS Solver Info, GAS Model Patch and GAS Train
+    Solver."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # ComfyUI 0.3.64 calls get_node_list (not on_load) while loading the pack; both registrations are idempotent

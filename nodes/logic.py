@@ -227,7 +227,8 @@ def compatibility(solver: core.GeneralizedSolver, name: str, info: comfy_bridge.
                        f"predicts {info.prediction}; use a solver trained for this model")
     warnings = []
     trained_print, model_print = recorded.get("fingerprint"), identity.get("fingerprint")
-    if trained_print and model_print and trained_print != model_print:
+    same_scheme = str(trained_print).split("-")[0] == str(model_print).split("-")[0]  # older files: another hash
+    if trained_print and model_print and same_scheme and trained_print != model_print:
         ckpt = recorded.get("file")
         what = f"checkpoint '{ckpt}'" if ckpt else "another checkpoint"
         warnings.append(f"GAS solver '{name}' was trained on {what}; this model's weights differ (another checkpoint "

@@ -31,12 +31,12 @@ import pytest
 import torch
 
 import gas
-from tests.helpers.comfy_checks import random_solver
 from tests.helpers.comfy_env import require_comfyui
 from tests.helpers.family_checks import OTHER_FAMILY
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.solvers import perturbed_solver
 from tests.helpers.tiny_families import FAMILIES, write_tiny_family
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {"OMP_NUM_THREADS": "2"}
 NAMES = list(FAMILIES)
 #: Families the trainer's Python API distils in these tests (tiny configuration), and the modes tried.
@@ -179,7 +179,7 @@ def test_sample_gas_accepts_video_latents(kind: str, learned: bool) -> None:
     """``gas.sample_gas`` on (B, C, T, H, W) latents equals the same run on the frames laid out as a 4-D image
     (B, C, T*H, W) for an elementwise denoiser, with a learned solver or without; the callback sees 5-D states."""
     schedule = gas.DiscreteVPSchedule.sd_linear() if kind == "discrete" else gas.FlowSchedule(8.0)
-    solver = random_solver(gas, seed=3, schedule=schedule) if learned else None
+    solver = perturbed_solver(seed=3, schedule=schedule, gas=gas) if learned else None
     sigmas = solver.sigmas().float() if solver is not None else schedule.sigma_of_time(
         torch.linspace(1.0, 1e-3, 5, dtype=torch.float64)).float()
     noise = torch.randn(2, 16, 3, 4, 5, generator=torch.Generator().manual_seed(0))

@@ -27,7 +27,7 @@ from tests.helpers.solvers import perturbed_solver
 from tests.helpers.workflows import NODE_GAP, node_box, overlapping_nodes
 
 SD = gas.DiscreteVPSchedule.sd_linear()
-NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo", "GASModelPatch")
+NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo", "GASModelPatch", "GASTrainSolver")
 
 
 def trained(nfe: int = 4, seed: int = 0, schedule: gas.NoiseSchedule | None = None, **meta: Any
@@ -335,8 +335,8 @@ def _schemas(fake: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_node_schemas(fake: dict[str, Any]) -> None:
-    """Five nodes with ids, display names, categories under sampling/custom_sampling/, a description, a tooltip on
-    every input and output, and the solver dropdown on each."""
+    """The nodes with ids, display names, categories under sampling/custom_sampling/, a description, a tooltip on
+    every input and output, and the solver dropdown on each that samples."""
     schemas = _schemas(fake)
     assert sorted(s.node_id for s in schemas.values()) == sorted(NODE_IDS)
     for schema in schemas.values():
@@ -344,6 +344,8 @@ def test_node_schemas(fake: dict[str, Any]) -> None:
         assert schema.category.startswith("sampling/custom_sampling/")
         for item in [*schema.inputs, *schema.outputs]:
             assert item.tooltip, f"{schema.node_id}.{item.id} has no tooltip"
+        if schema.node_id == "GASTrainSolver":  # makes solvers: no solver dropdown
+            continue
         solver = next(i for i in schema.inputs if i.id == "solver")
         assert solver.kwargs["options"][0] == logic.NO_SOLVER and solver.kwargs["default"] == logic.NO_SOLVER
     assert [o.io_type for o in schemas["GASSampler"].outputs] == ["SAMPLER"]
@@ -463,10 +465,18 @@ def test_example_workflow_nodes_do_not_overlap(path: Path) -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_workflow_runs_without_a_trained_solver(path: Path) -> None:
-    """A first run works: every solver widget is the no-solver entry (nobody has the solver a workflow could name),
-    and a note says how to train one and pick it."""
+    """A first run works: every solver widget that no link feeds is the no-solver entry (nobody has the solver a
+    workflow could name; the training example's samplers take the solver it trains), no node names a file the user
+    must supply unless it ships bypassed, and a note says how to train a solver and pick it."""
     workflow = json.loads(path.read_text())
-    gas_nodes = [n for n in workflow["nodes"] if n["type"] in NODE_IDS]
-    assert gas_nodes and all(logic.NO_SOLVER in n["widgets_values"] for n in gas_nodes)
+    linked = {n["id"] for n in workflow["nodes"]
+              if any(i["name"] == "solver" and i.get("link") is not None for i in n.get("inputs", []))}
+    gas_nodes = [n for n in workflow["nodes"] if n["type"] in NODE_IDS and n["type"] != "GASTrainSolver"]
+    assert gas_nodes
+    assert all(logic.NO_SOLVER in n["widgets_values"] for n in gas_nodes if n["id"] not in linked)
+    assert all(n.get("mode", 0) == 4 for n in workflow["nodes"] if n["type"].startswith("Lora"))
     notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote")]
-    assert any("python -m trainer --ckpt" in text and "models/gas_solvers" in text for text in notes)
+    if any(n["type"] == "GASTrainSolver" for n in workflow["nodes"]):
+        assert any("Ctrl+B" in text for text in notes)
+    else:
+        assert any("python -m trainer --ckpt" in text and "models/gas_solvers" in text for text in notes)

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from .gits import comfyui_gits_sigmas
 from .problem import DistillProblem
 from .prompts import PromptSet, load_prompts
 
-__all__ = ["build_problem", "file_sha256", "find_comfyui", "import_comfy", "resolve_checkpoint"]
+__all__ = ["ModelSource", "build_problem", "comfy_modules", "file_sha256", "find_comfyui", "import_comfy",
+           "problem_from_model", "resolve_checkpoint"]
 
 log = logging.getLogger("trainer")
 
@@ -85,15 +87,21 @@ def import_comfy(root: Path, device: str) -> dict[str, Any]:
 
         if torch.device(device).type == "cpu":
             comfy_args.cpu = True  # before comfy.model_management is imported: no CUDA probing
-        import comfy.model_management
-        import comfy.model_patcher
-        import comfy.sampler_helpers
-        import comfy.samplers
-        import comfy.sd
-        import folder_paths
+        return comfy_modules()
     except ImportError as exc:
         raise ProblemError(f"ComfyUI at {root} cannot be imported in this Python environment ({exc}); run the "
                            "trainer with ComfyUI's own Python") from None
+
+
+def comfy_modules() -> dict[str, Any]:
+    """The ComfyUI modules the adapter uses, from the ComfyUI already importable in this process."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sampler_helpers
+    import comfy.samplers
+    import comfy.sd
+    import folder_paths
+
     return {"sd": comfy.sd, "samplers": comfy.samplers, "sampler_helpers": comfy.sampler_helpers,
             "model_management": comfy.model_management, "model_patcher": comfy.model_patcher,
             "folder_paths": folder_paths}
@@ -205,12 +213,44 @@ def build_problem(ckpt: str, *, comfyui: str | os.PathLike[str] | None = None, d
     path = resolve_checkpoint(ckpt, comfy["folder_paths"])
     log.info("loading %s through ComfyUI at %s", path.name, root)
     patcher, clip, vae = _load(comfy, path, dtype)
+    _, hashes_dir, _ = DistillConfig(cache_dir=None if cache_dir is None else str(cache_dir)).paths()
+    source = ModelSource(label=path.name, identity={"file": path.name, "sha256": file_sha256(path, hashes_dir)},
+                         comfy_root=root, extra_metadata={"checkpoint": path.name})
+    return problem_from_model(comfy, patcher, clip, vae, source, prompts=prompts, negative=negative, cfg=cfg,
+                              width=width, height=height, name=name or Path(ckpt).stem)
 
+
+@dataclass
+class ModelSource:
+    """Where a loaded model came from, for messages, the teacher cache key and the solver metadata."""
+
+    #: What the model is called in messages and the report: a file name, or e.g. ``the connected model``.
+    label: str
+    #: Whether ``label`` is a name (quoted in messages).
+    is_name: bool = True
+    #: Added to the model's identity (e.g. the checkpoint's file name and sha256).
+    identity: dict[str, Any] = field(default_factory=dict)
+    #: The ComfyUI root (its GITS tables serve the ``ipndm-gits`` teacher); None: search a GITS-style grid.
+    comfy_root: Path | None = None
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+    #: Extra bytes to reserve beyond the weights when the model is loaded for training (ComfyUI model management).
+    memory_required: int = 0
+
+    @property
+    def quoted(self) -> str:
+        return f"'{self.label}'" if self.is_name else self.label
+
+
+def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any | None, source: ModelSource, *,
+                       prompts: PromptSet | None, negative: str, cfg: float | None, width: int | None,
+                       height: int | None, name: str) -> DistillProblem:
+    """The :class:`DistillProblem` of a ComfyUI model (a ``ModelPatcher`` with whatever patches it carries), its
+    text encoder and optional VAE. The model is loaded onto ComfyUI's torch device with its patches applied (ComfyUI's
+    ``load_models_gpu``), and the identity's weights fingerprint is taken from the patched weights."""
     info = comfy_bridge.describe_model_sampling(patcher.get_model_object("model_sampling"))
-    identity = comfy_bridge.model_identity(patcher)
-    family = identity.get("family") or "unknown"
+    family = comfy_bridge.model_identity(patcher, fingerprint=False).get("family") or "unknown"
     if not info.learned_ok:
-        raise ProblemError(f"'{path.name}' is a {family} model ({info.description or info.kind}): {info.reason}")
+        raise ProblemError(f"{source.quoted} is a {family} model ({info.description or info.kind}): {info.reason}")
     native, default_cfg = _FAMILY_DEFAULTS.get(family, (512, 7.5))
     cfg = float(cfg) if cfg is not None else default_cfg
     height = int(height or width or native)
@@ -225,8 +265,10 @@ def build_problem(ckpt: str, *, comfyui: str | os.PathLike[str] | None = None, d
 
     device = torch.device(comfy["model_management"].get_torch_device())
     base.requires_grad_(False)
-    comfy["model_management"].load_models_gpu([patcher], force_full_load=True)
+    comfy["model_management"].load_models_gpu([patcher], memory_required=source.memory_required,
+                                               force_full_load=True)
     patcher.pre_run()  # what CFGGuider.outer_sample does before sampling (sets the model's current patcher)
+    identity = comfy_bridge.model_identity(patcher)  # after loading: the weights as patched
 
     extra: dict[str, Any] = {}
     if family.startswith("Flux") and family != "FluxSchnell":
@@ -274,24 +316,26 @@ def build_problem(ckpt: str, *, comfyui: str | os.PathLike[str] | None = None, d
         with override.at(t):
             return guided(x, sigma, cond)
 
-    def decode(latents: torch.Tensor) -> torch.Tensor:
-        comfy["model_management"].load_models_gpu([vae.patcher])
-        z = base.process_latent_out(latents).to(vae.vae_dtype).to(vae.device)
-        images = vae.process_output(vae.first_stage_model.decode(z).float())  # [0, 1], differentiable
-        return images.to(latents.device) * 2.0 - 1.0
+    decode = None
+    if vae is not None:
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            comfy["model_management"].load_models_gpu([vae.patcher])
+            z = base.process_latent_out(latents).to(vae.vae_dtype).to(vae.device)
+            images = vae.process_output(vae.first_stage_model.decode(z).float())  # [0, 1], differentiable
+            return images.to(latents.device) * 2.0 - 1.0
 
-    _, hashes_dir, _ = DistillConfig(cache_dir=None if cache_dir is None else str(cache_dir)).paths()
-    identity.update({"file": path.name, "sha256": file_sha256(path, hashes_dir), "cfg": cfg, "negative": negative,
-                     "prompts": prompts.digest(), "width": width, "height": height,
+    identity.update(source.identity)
+    identity.update({"cfg": cfg, "negative": negative, "prompts": prompts.digest(), "width": width, "height": height,
                      "dtype": str(base.get_dtype()).replace("torch.", "")})
-    description = (f"{path.name} ({family}, {info.prediction}-prediction, {schedule.describe()}), {width}x{height}, "
+    description = (f"{source.label} ({family}, {info.prediction}-prediction, {schedule.describe()}), {width}x{height}, "
                    f"cfg {cfg:g}, prompts: {prompts.source}")
     decoupled = comfy_bridge.decoupled_mode(info) if override is not None else "resigma"
     return DistillProblem(
         denoiser=denoiser, schedule=schedule, latent_shape=latent_shape, conditions=conditions, decode=decode,
         decoupled=decoupled, timestep_hook=hook if override is not None else None, device=device,
-        dtype=torch.float32, identity=identity, name=name or Path(ckpt).stem, cfg=cfg, description=description,
-        gits_sigmas=_gits_sigmas(family, root), extra_metadata={"checkpoint": path.name},
+        dtype=torch.float32, identity=identity, name=name, cfg=cfg, description=description,
+        gits_sigmas=_gits_sigmas(family, source.comfy_root) if source.comfy_root is not None else None,
+        extra_metadata=dict(source.extra_metadata),
     )
 
 

@@ -63,6 +63,10 @@ log = logging.getLogger("trainer")
 
 #: ``callback(step, stats)`` after every iteration.
 StepCallback = Callable[[int, dict[str, float]], None]
+#: ``on_progress(phase, done, total)``: "teacher (train)" / "teacher (held-out)" in samples, "train" in iterations.
+ProgressCallback = Callable[[str, int, int], None]
+#: ``should_stop()``: asked between teacher batches and after every iteration; True stops the run like Ctrl-C.
+StopCheck = Callable[[], bool]
 
 
 @dataclass
@@ -92,7 +96,8 @@ class DistillResult:
 
 
 def distill(problem: DistillProblem, config: DistillConfig | None = None, *, progress: bool = True,
-            lpips_model: nn.Module | None = None, callback: StepCallback | None = None) -> DistillResult:
+            lpips_model: nn.Module | None = None, callback: StepCallback | None = None,
+            on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None) -> DistillResult:
     """Distil a GS/GAS solver for ``problem`` with ``config``; write the solver file, the report and logs.
 
     Raises a :class:`~trainer.errors.TrainerError` subclass with a one-sentence message on bad input (NFE out of
@@ -102,7 +107,10 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
 
     ``lpips_model``: a ready LPIPS module (default: LPIPS-VGG, loaded when the loss needs it or its weights are
     cached). ``callback(step, stats)`` runs after every iteration (monitoring; an exception from it stops training
-    like a crash would).
+    like a crash would). ``on_progress(phase, done, total)`` reports the teacher generation (samples) and training
+    (iterations) as they advance. ``should_stop()`` is asked between teacher batches and after every iteration; True
+    stops the run like Ctrl-C does (finished teacher samples and the training state are saved, then
+    :class:`~trainer.errors.TrainingInterruptedError`; ``resume`` continues).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) call it on every process with the same problem (each on its own device,
     ``cuda:LOCAL_RANK``) and config: it initialises the default process group if none exists (see
@@ -122,7 +130,8 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
     lp = resolve_lpips(problem, config.loss, lpips_model, dist)
     monitor = RunMonitor(paths.run_dir, config, progress=progress) if dist.is_main else RunMonitor.disabled()
     ctx = StepContext(problem, config, autocast, end_sigmas(problem, config.t_eps)[0], lp, dist)
-    data = load_teacher(problem, config, autocast, progress=progress, dist=dist)
+    data = load_teacher(problem, config, autocast, progress=progress, dist=dist, on_progress=on_progress,
+                        should_stop=should_stop)
 
     run = RunState(problem, config, fp16=autocast.dtype == torch.float16, distributed=dist.distributed)
     start_or_resume(run, config, paths, data.cache.key, dist)
@@ -134,17 +143,20 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
                  config.nfe, config.iters, config.batch, procs,
                  "per-call gradient checkpointing" if config.grad_checkpoint else "no checkpointing")
     t_train = time.time()
-    train(ctx, run, data, paths, monitor, callback=callback)
+    train(ctx, run, data, paths, monitor, callback=callback, on_progress=on_progress, should_stop=should_stop)
     return _finish(ctx, run, data, paths, t_start=t_start, train_seconds=time.time() - t_train)
 
 
 def train(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPaths, monitor: RunMonitor, *,
-          callback: StepCallback | None = None) -> None:
+          callback: StepCallback | None = None, on_progress: ProgressCallback | None = None,
+          should_stop: StopCheck | None = None) -> None:
     """Iterations ``run.step + 1 .. iters`` on the teacher's training samples: the steps, the held-out check at
     iteration 1 and every ``eval_every``, a checkpoint every ``ckpt_every`` and at the end; Ctrl-C saves and stops."""
     config, dist = ctx.config, ctx.dist
     last_good = run.step
     monitor.start(run.step)
+    if on_progress is not None:
+        on_progress("train", run.step, config.iters)
     try:
         with InterruptGuard(announce=dist.is_main) as guard:
             try:
@@ -160,13 +172,16 @@ def train(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPaths
                     if step == 1 or (step % config.eval_every == 0 and step < config.iters):
                         stats["val_l1"] = heldout_l1(ctx.problem, config, run.ema_solver(), data,
                                                      autocast=ctx.autocast, dist=dist)
-                    interrupted = dist.any_flag(guard.interrupted)  # every rank stops at the same iteration
+                    stop = guard.interrupted or (should_stop is not None and should_stop())
+                    interrupted = dist.any_flag(stop)  # every rank stops at the same iteration
                     if step % config.ckpt_every == 0 or step == config.iters or interrupted:
                         save_checkpoint(run, config, paths, data.cache.key, dist)
                         last_good = step
                     monitor.iteration(step, stats)
                     if callback is not None:
                         callback(step, stats)
+                    if on_progress is not None:
+                        on_progress("train", step, config.iters)
                     if interrupted:
                         raise mark_on_every_rank(TrainingInterruptedError(
                             f"interrupted at iteration {step}; the training state is saved in {paths.state}: run "
@@ -243,6 +258,7 @@ def distill_denoiser(denoiser: Callable[..., torch.Tensor], schedule: NoiseSched
                      conditions: Callable[[list[int]], dict[str, torch.Tensor]], latent_shape: Sequence[int],
                      config: DistillConfig | None = None, *, progress: bool = True,
                      lpips_model: nn.Module | None = None, callback: StepCallback | None = None,
+                     on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
                      **problem_fields: Any) -> DistillResult:
     """Distil a solver for your own k-diffusion-style denoiser ``(x, sigma, **cond) -> x0``.
 
@@ -253,4 +269,5 @@ def distill_denoiser(denoiser: Callable[..., torch.Tensor], schedule: NoiseSched
     """
     problem = DistillProblem(denoiser=denoiser, schedule=schedule, conditions=conditions,
                              latent_shape=tuple(int(d) for d in latent_shape), **problem_fields)
-    return distill(problem, config, progress=progress, lpips_model=lpips_model, callback=callback)
+    return distill(problem, config, progress=progress, lpips_model=lpips_model, callback=callback,
+                   on_progress=on_progress, should_stop=should_stop)

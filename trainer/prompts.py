@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .problem import VALIDATION_OFFSET
 
-__all__ = ["BUILTIN_HELDOUT", "BUILTIN_PROMPTS", "PromptSet", "load_prompts"]
+__all__ = ["BUILTIN_HELDOUT", "BUILTIN_PROMPTS", "PromptSet", "load_prompts", "prompts_from_text"]
 
 BUILTIN_PROMPTS: tuple[str, ...] = (
     "a red fox sitting in fresh snow at dawn, soft light",
@@ -131,10 +131,19 @@ def load_prompts(path: str | Path | None) -> PromptSet:
         raise ConfigError(f"the prompts file {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"the prompts file {p} cannot be read as UTF-8 text ({exc})") from None
+    prompts = prompts_from_text(text, p.name)
+    if prompts is None:
+        raise ConfigError(f"the prompts file {p} holds no prompts (one per line; '#' starts a comment)")
+    return prompts
+
+
+def prompts_from_text(text: str, source: str) -> PromptSet | None:
+    """The prompts of a text, one per line (blank lines and ``#`` comments skipped; with >= 12 prompts the last sixth
+    is held out); None when it holds none."""
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     if not prompts:
-        raise ConfigError(f"the prompts file {p} holds no prompts (one per line; '#' starts a comment)")
+        return None
     if len(prompts) >= 12:
         cut = len(prompts) - len(prompts) // 6
-        return PromptSet(tuple(prompts[:cut]), tuple(prompts[cut:]), p.name)
-    return PromptSet(tuple(prompts), tuple(prompts), p.name)
+        return PromptSet(tuple(prompts[:cut]), tuple(prompts[cut:]), source)
+    return PromptSet(tuple(prompts), tuple(prompts), source)

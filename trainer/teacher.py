@@ -41,7 +41,7 @@ from gas.atomic_file import write_atomically
 from .baselines import ipndm
 from .config import DistillConfig
 from .distributed import Dist, json_digest, mark_on_every_rank
-from .errors import TeacherCacheError
+from .errors import TeacherCacheError, TrainingInterruptedError
 from .gits import logsnr_grid, search_gits_sigmas
 from .problem import DistillProblem
 
@@ -266,7 +266,8 @@ class TeacherCache:
 
     # ----- main entry ------------------------------------------------------------------------------------------------
     def get(self, indices: Sequence[int], generate: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]], *,
-            batch: int = 16, progress: bool = True, desc: str = "teacher", dist: Dist | None = None
+            batch: int = 16, progress: bool = True, desc: str = "teacher", dist: Dist | None = None,
+            report: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(noise, latents)`` of ``indices`` in that order, generating and storing the missing ones shard by shard.
 
@@ -276,6 +277,10 @@ class TeacherCache:
         after a barrier every rank reads the shards back. Every rank must call this with the same arguments. An
         interruption loses at most the shard a process was generating; a sample that is still missing at the end is
         a :class:`~trainer.errors.TeacherCacheError` on every rank.
+
+        ``report(done, total)`` is called with the samples generated so far (this process's); ``should_stop()`` is
+        asked after every job: when it answers True the samples generated so far are stored and
+        :class:`~trainer.errors.TrainingInterruptedError` is raised (one process only).
         """
         dist = dist or Dist()
         indices = [int(i) for i in indices]
@@ -298,9 +303,18 @@ class TeacherCache:
             log.info("%s: generating %d of %d samples into %s%s", desc, total, len(set(indices)), self.dir, on)
         if mine:
             bar = _progress(sum(len(chunk) for _, chunk in mine), desc, progress and dist.is_main)
+            todo_here, done_here = sum(len(chunk) for _, chunk in mine), 0
+            if report is not None:
+                report(0, todo_here)
             try:
                 pending_shard, pending = -1, {}
                 for shard, chunk in mine:
+                    if should_stop is not None and should_stop():
+                        if pending:
+                            self.merge(pending_shard, pending)
+                        raise TrainingInterruptedError(
+                            f"stopped while generating teacher samples ({desc}); the {done_here} samples generated "
+                            f"so far are kept in {self.dir}")
                     if shard != pending_shard and pending:
                         self.merge(pending_shard, pending)
                         found.update(pending)
@@ -309,6 +323,9 @@ class TeacherCache:
                     noise, lat = generate(chunk)
                     pending.update({i: (noise[r].cpu(), lat[r].cpu()) for r, i in enumerate(chunk)})
                     bar.update(len(chunk))
+                    done_here += len(chunk)
+                    if report is not None:
+                        report(done_here, todo_here)
                 if pending:
                     self.merge(pending_shard, pending)
                     found.update(pending)

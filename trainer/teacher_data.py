@@ -9,6 +9,7 @@ the samples, generating only what is missing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,9 @@ class TeacherData:
 
 
 def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autocast, *,
-                 progress: bool = True, dist: Dist | None = None) -> TeacherData:
+                 progress: bool = True, dist: Dist | None = None,
+                 on_progress: Callable[[str, int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> TeacherData:
     """Resolve the teacher and get its training and held-out samples from the cache (generating what is missing).
 
     Under torch.distributed every rank calls this: rank 0 resolves the teacher (a searched GITS grid runs the model,
@@ -74,8 +77,12 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
         log.info("teacher: %s", spec.describe())
     train_idx = list(range(config.train_size))
     val_idx = [VALIDATION_OFFSET + j for j in range(config.val_size)]
-    train_noise, train_lat = cache.get(train_idx, generate, batch=config.teacher_batch, progress=progress,
-                                       desc="teacher (train)", dist=dist)
-    val_noise, val_lat = cache.get(val_idx, generate, batch=config.teacher_batch, progress=progress,
-                                   desc="teacher (held-out)", dist=dist)
+    def phase(desc: str) -> dict[str, Any]:  # on_progress(desc, done, total) and should_stop for one cache.get
+        report = (lambda done, total: on_progress(desc, done, total)) if on_progress is not None else None
+        return {"desc": desc, "report": report, "should_stop": should_stop}
+
+    train_noise, train_lat = cache.get(train_idx, generate, batch=config.teacher_batch, progress=progress, dist=dist,
+                                       **phase("teacher (train)"))
+    val_noise, val_lat = cache.get(val_idx, generate, batch=config.teacher_batch, progress=progress, dist=dist,
+                                   **phase("teacher (held-out)"))
     return TeacherData(spec, cache, train_noise, train_lat, val_idx, val_noise, val_lat)

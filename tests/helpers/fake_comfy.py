@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from typing import Any
 
 FAKED = ("comfy_api", "comfy_api.latest", "folder_paths", "comfy", "comfy.samplers", "comfy.sample", "comfy.utils",
-         "latent_preview")
+         "comfy.model_management", "latent_preview")
 NODE_MODULES = ("nodes.solver_folder", "nodes.sampler_function", "nodes.grid", "nodes.sampler_node",
-                "nodes.sigmas_node", "nodes.ksampler_node", "nodes.info_node", "nodes.extension")
+                "nodes.sigmas_node", "nodes.ksampler_node", "nodes.info_node", "nodes.train_node", "nodes.extension")
 
 
 class _Recorded:
@@ -55,8 +55,11 @@ def _make_io() -> types.ModuleType:
     io.Schema, io.ComfyNode, io.NodeOutput = Schema, ComfyNode, NodeOutput
     for name, kind in (("Combo", "COMBO"), ("Int", "INT"), ("Float", "FLOAT"), ("String", "STRING"),
                        ("Model", "MODEL"), ("Conditioning", "CONDITIONING"), ("Latent", "LATENT"),
-                       ("Sampler", "SAMPLER"), ("Sigmas", "SIGMAS")):
+                       ("Sampler", "SAMPLER"), ("Sigmas", "SIGMAS"), ("Clip", "CLIP"), ("Vae", "VAE"),
+                       ("Image", "IMAGE"), ("Boolean", "BOOLEAN")):
         setattr(io, name, _io_type(name, kind))
+    io.Custom = lambda io_type: _io_type(f"Custom_{io_type}", io_type)
+    io.Hidden = types.SimpleNamespace(prompt="PROMPT", unique_id="UNIQUE_ID")
     return io
 
 
@@ -100,9 +103,10 @@ def _make_modules(models_dir: str) -> dict[str, types.ModuleType]:
     comfy.sample = types.ModuleType("comfy.sample")
     comfy.utils = types.ModuleType("comfy.utils")
     comfy.utils.PROGRESS_BAR_ENABLED = False
+    comfy.model_management = types.ModuleType("comfy.model_management")
     return {"comfy_api": api, "comfy_api.latest": latest, "folder_paths": _make_folder_paths(models_dir),
             "comfy": comfy, "comfy.samplers": samplers, "comfy.sample": comfy.sample, "comfy.utils": comfy.utils,
-            "latent_preview": types.ModuleType("latent_preview")}
+            "comfy.model_management": comfy.model_management, "latent_preview": types.ModuleType("latent_preview")}
 
 
 @contextmanager

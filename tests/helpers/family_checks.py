@@ -33,7 +33,9 @@ from typing import Any
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.solvers import perturbed_solver
+
 SEED = 42
 CFG = {"sd2v": 5.0, "sdxl": 5.0, "sd3": 4.0, "flux": 1.0, "wan21": 5.0, "wan22": 5.0}
 #: What each family's solvers of another family record (same schedule kind, so only the family differs).
@@ -124,12 +126,12 @@ def make_solvers(gas: Any, checks: Any, folder: Path, name: str, family: Any, de
                       else gas.DiscreteVPSchedule.sd_linear())
     other_prediction = "eps" if detected["prediction"] != "eps" else "v"
     files = {
-        "random": checks.random_solver(gas, seed=5, schedule=schedule, metadata={"cfg": cfg, "model": own}),
+        "random": perturbed_solver(gas=gas, seed=5, schedule=schedule, metadata={"cfg": cfg, "model": own}),
         "zero": gas.GeneralizedSolver(4, schedule=schedule, metadata={"mode": "gs", "cfg": cfg, "model": own}),
-        "other_kind": checks.random_solver(gas, seed=6, schedule=other_schedule, metadata={"cfg": cfg, "model": own}),
-        "other_family": checks.random_solver(gas, seed=7, schedule=schedule, metadata={
+        "other_kind": perturbed_solver(gas=gas, seed=6, schedule=other_schedule, metadata={"cfg": cfg, "model": own}),
+        "other_family": perturbed_solver(gas=gas, seed=7, schedule=schedule, metadata={
             "cfg": cfg, "model": {**own, "family": OTHER_FAMILY[name]}}),
-        "other_prediction": checks.random_solver(gas, seed=8, schedule=schedule, metadata={
+        "other_prediction": perturbed_solver(gas=gas, seed=8, schedule=schedule, metadata={
             "cfg": cfg, "model": {**own, "prediction": other_prediction}}),
     }
     names = {}

@@ -3,8 +3,9 @@ the API format ``/prompt`` takes.
 
 Conversion rules (frontend 1.x, workflow version 0.4):
 
-* virtual frontend-only nodes (notes, reroutes, primitives) are dropped; muted (mode 2) and bypassed (mode 4) nodes
-  are refused rather than guessed;
+* virtual frontend-only nodes (notes, reroutes, primitives) are dropped; muted (mode 2) nodes are refused; a
+  bypassed node (mode 4) is dropped and each link from its output goes to what feeds its first input of the same
+  type (the frontend's rule), e.g. a bypassed LoRA loader passes the checkpoint's MODEL and CLIP on;
 * each input of ``input_order`` (required, then optional) that is a widget (INT, FLOAT, STRING, BOOLEAN, COMBO or a
   V1 list combo) takes the next entry of ``widgets_values``; an input with ``control_after_generate`` (seeds) is
   followed by one extra entry ("fixed", "randomize", ...), which is skipped;
@@ -111,19 +112,35 @@ def to_api_node(node: dict[str, Any], info: dict[str, Any],
             inputs[name] = [origin_id, slot]
         elif not _is_widget(kind) and name in info["input"].get("required", {}):
             raise ValueError(f"required input {name!r} is not connected")
+    if values:
+        raise ValueError(f"{len(values)} widget value(s) left over ({values!r}): the widgets_values do not line up "
+                         "with the node's widget inputs")
     return {"class_type": node["type"], "inputs": inputs}
 
 
 def to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The API-format prompt of a UI workflow (see the module docstring for the rules)."""
     origins = {link[0]: (str(link[1]), int(link[2])) for link in workflow["links"]}
+    nodes = {str(node["id"]): node for node in workflow["nodes"]}
+
+    def resolve(link: int) -> tuple[str, int]:
+        origin_id, slot = origins[link]
+        origin = nodes[origin_id]
+        if origin.get("mode", 0) != 4:
+            return origin_id, slot
+        kind = origin["outputs"][slot]["type"]
+        through = next((entry.get("link") for entry in origin.get("inputs", []) if entry["type"] == kind), None)
+        if through is None:
+            raise ValueError(f"bypassed node {origin_id} ({origin['type']}) has no {kind} input to pass on")
+        return resolve(through)
+
     prompt = {}
     for node in workflow["nodes"]:
-        if node["type"] in VIRTUAL_NODES:
+        if node["type"] in VIRTUAL_NODES or node.get("mode", 0) == 4:
             continue
-        if node.get("mode", 0) in (2, 4):
-            raise ValueError(f"node {node['id']} ({node['type']}) is muted or bypassed; not converted")
-        prompt[str(node["id"])] = to_api_node(node, object_info[node["type"]], origins.__getitem__)
+        if node.get("mode", 0) == 2:
+            raise ValueError(f"node {node['id']} ({node['type']}) is muted; not converted")
+        prompt[str(node["id"])] = to_api_node(node, object_info[node["type"]], resolve)
     return prompt
 
 

@@ -1,0 +1,71 @@
+"""What the GAS Train Solver node decides without ComfyUI: NFE lists, output names, user messages, the preview grid.
+
+Importable without ComfyUI (tested directly). Refusals are :class:`logic.GASNodeError` sentences.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+from . import logic
+from ._gas import core
+
+#: Characters a solver name cannot hold (it becomes a file name).
+_BAD_NAME = '/\\:*?"<>|'
+#: The trainer's parameter names that are other input names on this node (its messages name its parameters).
+NODE_NAMES = {"iters": "iterations", "lr": "learning_rate", "name": "solver_name", "ckpt_every": "checkpoint_every"}
+
+
+def parse_nfe(text: str) -> list[int]:
+    """``"4"`` or ``"4, 6"`` -> ``[4]`` / ``[4, 6]`` (each from ``gas.MIN_NFE`` to ``gas.MAX_NFE``, no repeats)."""
+    parts = [p for p in re.split(r"[,\s]+", str(text).strip()) if p]
+    if not parts:
+        raise logic.GASNodeError(f"nfe is empty: give one number of steps ({core.MIN_NFE} to {core.MAX_NFE}) or "
+                                 "several separated by commas, e.g. 4, 6")
+    values: list[int] = []
+    for part in parts:
+        if not part.isdigit() or not core.MIN_NFE <= int(part) <= core.MAX_NFE:
+            raise logic.GASNodeError(f"nfe '{part}' is not a number of steps from {core.MIN_NFE} to {core.MAX_NFE}")
+        if int(part) not in values:
+            values.append(int(part))
+    return values
+
+
+def check_name(name: str) -> str:
+    """The solver base name, stripped; refused when it cannot be part of a file name."""
+    name = str(name).strip()
+    if name.lower().endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    if not name or any(ch in name for ch in _BAD_NAME) or name.startswith("."):
+        raise logic.GASNodeError(f"solver_name '{name}' cannot be a file name (no {_BAD_NAME} and not empty)")
+    return name
+
+
+def default_name(checkpoint: str | None) -> str:
+    """The base name when solver_name is empty: the checkpoint's file stem, else ``model``."""
+    if not checkpoint:
+        return "model"
+    stem = re.sub(r"\.[A-Za-z0-9]+$", "", checkpoint.replace("\\", "/").rsplit("/", 1)[-1])
+    return re.sub(f"[{re.escape(_BAD_NAME)}]", "_", stem) or "model"
+
+
+def solver_file(name: str, nfe: int, mode: str) -> str:
+    """The file the trainer writes for one NFE: ``<name>-nfe<N>-<mode>.safetensors``."""
+    return f"{name}-nfe{nfe}-{mode}.safetensors"
+
+
+def node_message(error: Exception) -> str:
+    """A trainer error as one sentence naming this node's inputs (``TrainerError.naming``; other errors as they are)."""
+    naming = getattr(error, "naming", None)
+    text = naming(NODE_NAMES) if callable(naming) else str(error)
+    text = text.replace("run again with resume to continue", "queue the node again to continue")
+    return " ".join(text.split())
+
+
+def preview_grid(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """ComfyUI IMAGE ``[1, R*H, C*W, 3]`` from rows of images ``[C, H, W, 3]`` in [0, 1] (same shapes)."""
+    lines = [torch.cat(list(row.float().clamp(0, 1)), dim=1) for row in rows]
+    return torch.cat(lines, dim=0).unsqueeze(0)
