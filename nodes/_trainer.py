@@ -46,5 +46,6 @@ def load() -> dict[str, ModuleType]:
         base = __package__.rsplit(".", 1)[0] + ".trainer"
     else:  # imported as top-level ``nodes`` (tests without ComfyUI)
         base = "trainer"
-    names = ("distill", "config", "distributed", "errors", "prompts", "comfy_adapter", "graph_problem", "report")
+    names = ("distill", "multi_nfe", "config", "distributed", "errors", "prompts", "comfy_adapter", "graph_problem",
+             "report")
     return {name: importlib.import_module(f"{base}.{name}") for name in names}

@@ -10,14 +10,17 @@ mode; see that module for how gradients reach the solver through weights loaded 
 * Cancel (ComfyUI's interrupt): the trainer stops after the current teacher batch or iteration, keeping the finished
   teacher samples and the training state; queueing the node again resumes from there.
 * Output: ``<ComfyUI models>/gas_solvers/<name>-nfe<N>-<mode>.safetensors`` (with the trainer's .md report and .png
-  grid beside it), never replacing a file unless ``overwrite`` is on. A file this node wrote for the same model and
-  settings is reused instead of refused, so a multi-NFE run resumes past the solvers it already finished.
+  grid beside it), never replacing a file unless ``overwrite`` is on. Several NFEs (``nfe`` "4, 6") are trained on one
+  shared teacher into one file, ``<name>-nfe4-6-<mode>.safetensors`` (:mod:`trainer.multi_nfe`); a cancelled run
+  resumes past the NFEs it finished. A file this node wrote for the same model and settings is reused instead of
+  refused.
 * Memory: the model is loaded by ComfyUI's model management (``load_models_gpu``, room reserved for the backward
   pass) and left to it afterwards; the allocator's cache is emptied at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -87,7 +90,8 @@ class GASTrainSolver(io.ComfyNode):
                 io.Int.Input("height", default=512, min=8, max=8192, step=8, tooltip="Image height in pixels."),
                 io.String.Input("nfe", default="4",
                                 tooltip=f"Steps (model calls) of the solver, {core.MIN_NFE} to {core.MAX_NFE}; "
-                                        "several separated by commas train one solver each (one teacher)."),
+                                        "several separated by commas train one solver each on one shared teacher, "
+                                        "all in one file (the sampling nodes' steps choose among them)."),
                 io.Combo.Input("mode", options=list(MODES), default="gas",
                                tooltip="gas: distillation + adversarial loss (the paper's GAS); gs: distillation "
                                        "loss only (faster, bit-reproducible)."),
@@ -96,8 +100,8 @@ class GASTrainSolver(io.ComfyNode):
                 io.Int.Input("seed", default=42, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Teacher noise (sample i uses seed+i), data order, discriminator."),
                 io.String.Input("solver_name", default="",
-                                tooltip="Base name of the file: <name>-nfe<N>-<mode>.safetensors. Empty: the "
-                                        "checkpoint's file name."),
+                                tooltip="Base name of the file: <name>-nfe<N>-<mode>.safetensors (several NFEs: "
+                                        "<name>-nfe4-6-<mode>.safetensors). Empty: the checkpoint's file name."),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing solver file of that name (off: an existing file is an "
                                          "error, unless this node wrote it for the same model and settings)."),
@@ -118,8 +122,9 @@ class GASTrainSolver(io.ComfyNode):
             ],
             outputs=[
                 io.Custom("COMBO").Output(display_name="solver",
-                                          tooltip="The solver file (the first NFE's), for GAS Sampler / GAS Sigmas / "
-                                                  "GAS KSampler."),
+                                          tooltip="The solver file (with several NFEs the one file holding them "
+                                                  "all), for GAS Sampler / GAS Sigmas / GAS KSampler / GAS Model "
+                                                  "Patch."),
                 io.Image.Output(display_name="preview",
                                 tooltip="Rows: teacher, then per NFE the learned solver and DPM-Solver++(3M); same "
                                         "held-out seeds per column."),
@@ -188,7 +193,7 @@ class GASTrainSolver(io.ComfyNode):
                negative: str, cfg: float, width: int, height: int, name: str,
                lineage: Any) -> list[Trained]:
         """Train every NFE in turn (the problem, i.e. the loaded model and its prompts, is built once)."""
-        distill, json_digest = t["distill"], t["distributed"].json_digest
+        distill = t["distill"]
         bar = comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id)
 
         def on_progress(phase: str, done: int, total: int) -> None:
@@ -204,12 +209,12 @@ class GASTrainSolver(io.ComfyNode):
             problem = t["graph_problem"].graph_problem(
                 model, clip, vae, prompts=prompt_set, negative=negative, cfg=cfg or None, width=width,
                 height=height, name=name, batch=configs[0].batch, lineage=lineage, cache_dir=configs[0].paths()[1])
+            if len(configs) > 1:
+                return cls._train_several(t, problem, configs, on_progress)
             for config in configs:
                 file = train_logic.solver_file(name, config.nfe, config.mode)
-                settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
-                key = json_digest({"identity": problem.identity, "config": settings})
-                config.extra_metadata = {"train_node_key": key}
-                reused = cls._reuse(file, key, config.overwrite)
+                config.extra_metadata = {"train_node_key": cls._key(t, problem, config)}
+                reused = cls._reuse(file, config.extra_metadata["train_node_key"], config.overwrite)
                 if reused is not None:
                     out.append(Trained(file, reused))
                     continue
@@ -221,11 +226,46 @@ class GASTrainSolver(io.ComfyNode):
                 started = time.time()
                 result = distill.distill(problem, config, progress=True, on_progress=on_progress,
                                          should_stop=mm.processing_interrupted)
-                table = t["report"].scores_table(result.scores["methods"], config.nfe)
-                text = (f"{file}: {result.label}, NFE {config.nfe}, {config.iters} iterations (this run "
-                        f"{time.time() - started:.0f} s), teacher {result.teacher}\n{table}")
-                out.append(Trained(file, text, result.label, result.samples))
+                out.append(cls._trained(t, file, result, config, time.time() - started))
         return out
+
+    @classmethod
+    def _train_several(cls, t: dict[str, Any], problem: Any, configs: list[Any], on_progress: Any) -> list[Trained]:
+        """Every NFE on one shared teacher, into one file ``<name>-nfe<N1>-<N2>-<mode>.safetensors``
+        (:func:`trainer.multi_nfe.distill_nfes`); an interrupted run resumes past the NFEs it finished."""
+        multi, config = t["multi_nfe"], configs[0]
+        nfes = [c.nfe for c in configs]
+        file = multi.nfe_stem(config.name, nfes, config.mode) + ".safetensors"
+        key = cls._key(t, problem, config, nfes)
+        config.extra_metadata = {"train_node_key": key}
+        reused = cls._reuse(file, key, config.overwrite)
+        if reused is not None:
+            return [Trained(file, reused)]
+        paths = multi.multi_paths(problem, config, nfes)
+        config.resume = paths.has_progress()
+        if config.resume:
+            log.info("[GAS] Train Solver: an unfinished run of %s exists in %s; resuming it", paths.stem,
+                     paths.run_dir)
+        started = time.time()
+        done = multi.distill_nfes(problem, config, nfes, progress=True, on_progress=on_progress,
+                                  should_stop=mm.processing_interrupted)
+        seconds = time.time() - started
+        return [cls._trained(t, file, done.results[n], dataclasses.replace(config, nfe=n), seconds) for n in nfes]
+
+    @staticmethod
+    def _key(t: dict[str, Any], problem: Any, config: Any, nfes: list[int] | None = None) -> str:
+        """What makes a trained file reusable: the model's identity and every setting that changes the training."""
+        settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
+        if nfes is not None:
+            settings["nfe"] = list(nfes)
+        return t["distributed"].json_digest({"identity": problem.identity, "config": settings})
+
+    @staticmethod
+    def _trained(t: dict[str, Any], file: str, result: Any, config: Any, seconds: float) -> Trained:
+        table = t["report"].scores_table(result.scores["methods"], config.nfe)
+        text = (f"{file}: {result.label}, NFE {config.nfe}, {config.iters} iterations (this run {seconds:.0f} s), "
+                f"teacher {result.teacher}\n{table}")
+        return Trained(file, text, result.label, result.samples)
 
     @classmethod
     def _reuse(cls, file: str, key: str, overwrite: bool) -> str | None:
@@ -235,10 +275,10 @@ class GASTrainSolver(io.ComfyNode):
         if path is None or overwrite:
             return None
         try:
-            meta = core.read_solver_metadata(path)
+            keys = {s.metadata.get("train_node_key") for s in core.load_solver_set(path).solvers}
         except (core.SolverFileError, OSError):
-            meta = {}
-        if meta.get("train_node_key") != key:
+            keys = set()
+        if keys != {key}:
             raise logic.GASNodeError(f"a solver named '{file}' already exists in {os.path.dirname(path)}; choose "
                                      "another solver_name, or turn on overwrite to replace it")
         log.info("[GAS] Train Solver: %s was already trained for this model and these settings; using it", file)

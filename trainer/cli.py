@@ -2,6 +2,7 @@
 
     python -m trainer --demo                              # no ComfyUI, no checkpoint: the analytic demo (CPU)
     python -m trainer --ckpt sd15.safetensors --nfe 4     # from ComfyUI/custom_nodes/<this pack>/
+    python -m trainer --ckpt sd15.safetensors --nfe 4,6,8 # one solver per NFE, one teacher, one file
 
 This is the only module that knows the command line: it maps the options to the typed arguments of the Python API
 (:class:`~trainer.config.DistillConfig`, ``trainer.comfy_adapter.build_problem(ckpt, comfyui=..., ...)``, imported
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Distil a few-step GS/GAS solver from a many-step teacher (Generalized Adversarial Solver, "
                     "ICLR 2026). Writes <out>/<name>-nfe<N>-<mode>.safetensors, loadable by the GAS nodes, plus a "
-                    "report (.md) and an image grid (.png).",
+                    "report (.md) and an image grid (.png); with --nfe 4,6,8 one file <name>-nfe4-6-8-<mode> holds "
+                    "a solver per NFE.",
         epilog="Several GPUs (or CPU processes): torchrun --nproc_per_node=K -m trainer ... with the same options; "
                "--batch must be divisible by K (trainer/README.md, 'Multi-GPU').",
         formatter_class=_HelpFormatter,
@@ -92,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "checkpoint; trains GS and GAS and prints the comparison table")
     what.add_argument("--comfyui", metavar="PATH", default=os.environ.get("COMFYUI_PATH"),
                       help="ComfyUI folder (default: $COMFYUI_PATH, else the folder two levels above this pack)")
-    what.add_argument("--nfe", type=int, default=_D.nfe, help="network evaluations (steps) of the learned solver")
+    what.add_argument("--nfe", type=_nfe_list, default=[_D.nfe], metavar="N[,N...]",
+                      help=f"network evaluations (steps) of the learned solver; several, e.g. 4,6,8, train one solver "
+                           f"each on one shared teacher and write them into one file (default: {_D.nfe})")
     what.add_argument("--mode", choices=("gs", "gas"), default=None,
                       help="gs: distillation loss only; gas: plus the adversarial loss (default: gas; both with "
                            "--demo)")
@@ -180,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _nfe_list(text: str) -> list[int]:
+    """``"4"`` -> ``[4]``, ``"4,6,8"`` -> ``[4, 6, 8]`` (ascending, no repeats; the range is checked by the config)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps or a comma-separated list of them, e.g. "
+                                         "4 or 4,6,8") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give a number of steps or a comma-separated list of them, e.g. 4 or 4,6,8")
+    return sorted(set(values))
+
+
 #: The option of each Python parameter whose name is not its option's (``--nfe`` <- ``nfe`` is derived from the parser).
 _RENAMED = {"out_dir": "--out", "disc_preset": "--disc-size", "grad_checkpoint": "--no-grad-checkpoint",
             "report": "--no-report", "comfyui": "--comfyui (or $COMFYUI_PATH)"}
@@ -222,7 +238,7 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
         return base.get(key, getattr(_D, key))
 
     return DistillConfig(
-        nfe=args.nfe, mode=args.mode or "gas", seed=args.seed,
+        nfe=args.nfe[0], mode=args.mode or "gas", seed=args.seed,
         train_size=pick(args.train_size, "train_size"), val_size=pick(args.val_size, "val_size"),
         batch=args.batch, iters=pick(args.iters, "iters"), lr=args.lr, grad_clip=args.grad_clip, ema=args.ema,
         loss=args.loss, disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
@@ -259,20 +275,25 @@ def _setup_logging(quiet: bool, rank: int = 0) -> None:
     logger.propagate = False
 
 
-def _precheck_output(config: DistillConfig, name: str, dist: Dist, *, demo_resume: bool = False) -> None:
+def _precheck_output(config: DistillConfig, nfes: list[int], name: str, dist: Dist, *,
+                     demo_resume: bool = False) -> None:
     """Cheap checks before any model is loaded: NFE etc. (validate), output folder writable, no silent overwrite.
 
     Rank 0 checks and every rank gets its answer (the same error on every rank)."""
-    dist.main_decides(lambda: _precheck_files(config, name, dist.world, demo_resume))
+    dist.main_decides(lambda: _precheck_files(config, nfes, name, dist.world, demo_resume))
 
 
-def _precheck_files(config: DistillConfig, name: str, world: int, demo_resume: bool) -> None:
+def _precheck_files(config: DistillConfig, nfes: list[int], name: str, world: int, demo_resume: bool) -> None:
+    import dataclasses
+
+    from .multi_nfe import nfe_stem
     from .outputs import check_writable, existing_solver_error
 
-    config.validate(world)
+    for nfe in nfes:
+        dataclasses.replace(config, nfe=nfe).validate(world)
     out_dir, _, _ = config.paths()
     check_writable(out_dir, "output folder")
-    target = out_dir / f"{config.name or name}-nfe{config.nfe}-{config.mode}.safetensors"
+    target = out_dir / f"{nfe_stem(config.name or name, nfes, config.mode)}.safetensors"
     if target.exists() and not config.overwrite and not (demo_resume and config.resume):
         raise existing_solver_error(target)
 
@@ -284,7 +305,7 @@ def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> None:
     config = config_from_args(args)
     name = args.name or Path(args.ckpt).stem
     config.name = name
-    _precheck_output(config, name, dist)
+    _precheck_output(config, args.nfe, name, dist)
     prompts = dist.agree(lambda: load_prompts(args.prompts))
     try:
         from .comfy_adapter import build_problem
@@ -299,7 +320,12 @@ def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> None:
         cache_dir=config.paths()[1]))
     if args.prompts:
         problem.extra_metadata.setdefault("prompts", Path(args.prompts).name)
-    distill(problem, config, progress=not args.quiet and dist.is_main)
+    if len(args.nfe) == 1:
+        distill(problem, config, progress=not args.quiet and dist.is_main)
+    else:
+        from .multi_nfe import distill_nfes
+
+        distill_nfes(problem, config, args.nfe, progress=not args.quiet and dist.is_main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,8 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.name = config.name or "demo"
             for mode in modes:
                 config.mode = mode
-                _precheck_output(config, config.name, dist, demo_resume=True)
-            run_demo(config, modes, device=str(dist.device), cfg=args.cfg, progress=not args.quiet and dist.is_main)
+                _precheck_output(config, args.nfe, config.name, dist, demo_resume=True)
+            run_demo(config, modes, nfes=args.nfe, device=str(dist.device), cfg=args.cfg,
+                     progress=not args.quiet and dist.is_main)
         else:
             _run_checkpoint(args, dist)
         all_ranks_here = True

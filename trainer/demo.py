@@ -244,95 +244,111 @@ DEMO_DEFAULTS: dict[str, Any] = {
 }
 
 
-def run_demo(config: DistillConfig, modes: list[str], *, device: str = "cpu", cfg: float | None = None,
-             progress: bool = True) -> dict[str, Any]:
+def run_demo(config: DistillConfig, modes: list[str], *, nfes: list[int] | None = None, device: str = "cpu",
+             cfg: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Distil the demo problem in each mode, print the comparison table and write ``<name>-nfe<N>.md/.png``.
 
-    Returns ``{"results": {mode: DistillResult}, "methods": {...}, "table": str, "seconds": float}``. Under torchrun
-    every rank trains and returns the same; rank 0 alone prints and writes.
+    ``nfes`` (default ``[config.nfe]``): with several, each mode trains one solver per NFE on the shared teacher and
+    writes one file, ``<name>-nfe<N1>-<N2>-<mode>.safetensors`` (:func:`trainer.multi_nfe.distill_nfes`), and the
+    comparison covers every NFE (``<name>-nfe<N1>-<N2>.md/.png``).
+
+    Returns ``{"results": {mode: DistillResult}, "methods": {...}, "table": str, "seconds": float}`` of the first
+    NFE and ``"by_nfe": {nfe: {"results", "methods", "table"}}``. Under torchrun every rank trains and returns the
+    same; rank 0 alone prints and writes.
     """
-    from .distill import distill
     from .distributed import init_distributed
-    from .outputs import output_paths
 
     t0 = time.time()
+    nfes = sorted(set(nfes or [config.nfe]))
     dist = init_distributed(device)
     problem = make_demo_problem(cfg=DEMO_CFG if cfg is None else cfg, device=dist.device)
     progress = progress and dist.is_main
-    results = {}
+    by_nfe: dict[int, dict[str, Any]] = {n: {} for n in nfes}
+    files: list[str] = []
     for mode in modes:
-        cfg_m = dataclasses.replace(config, mode=mode)
-        paths = output_paths(problem, cfg_m)
-        finished, unfinished = dist.main_decides(lambda p=paths: (p.solver.exists(), p.state.exists()))
+        cfg_m = dataclasses.replace(config, mode=mode, nfe=nfes[0])
+        found, path = _demo_mode(problem, cfg_m, nfes, progress, dist)
+        files.append(path.name)
+        for n in nfes:
+            by_nfe[n][mode] = found[n]
+    last = by_nfe[nfes[0]][modes[-1]]
+    comparisons = {n: _comparison(by_nfe[n], modes) for n in nfes}
+    seconds = time.time() - t0
+    lines = [f"Demo: {problem.description}; teacher {last.teacher}; {last.scores['n']} held-out samples.", ""]
+    for n in nfes:
+        _, table, notes = comparisons[n]
+        lines += ([f"NFE {n}:"] if len(nfes) > 1 else []) + [table, "", *notes]
+    lines.append(f"total time {seconds:.0f} s (" + ", ".join(
+        f"{r.label}{f' NFE {n}' if len(nfes) > 1 else ''} training {r.train_seconds:.0f} s"
+        for mode in modes for n in nfes for r in [by_nfe[n][mode]]) + ")")
+    text = "\n".join(lines)
+    if dist.is_main:
+        print(text, flush=True)
+    if config.report and dist.is_main:
+        out_dir = config.paths()[0]
+        tag = "-".join(str(n) for n in nfes)
+        stem = f"{config.name or problem.name}-nfe{tag}"
+        rows = [("teacher", last.samples["teacher"])]
+        for n in nfes:
+            results, ref = by_nfe[n], by_nfe[n][modes[-1]]
+            rows += [(f"{r.label} ({n} NFE)", r.samples[r.label]) for r in results.values()]
+            rows += [(f"{name} ({n} NFE)", ref.samples[name]) for name in (BASELINE_REFERENCE, "DPM-Solver++(2M)")]
+        decode = problem.decode
+        assert decode is not None
+        grid = save_grid(out_dir / f"{stem}.png", [(label, decode(lat)) for label, lat in rows])
+        write_markdown(out_dir / f"{stem}.md", f"GAS demo, NFE {', '.join(str(n) for n in nfes)}", [
+            ("Held-out comparison", text.replace("\n", "  \n")),
+            ("Samples", f"Rows: {', '.join(label for label, _ in rows)}; same held-out noise per column.\n\n"
+                        f"![samples]({grid.name})"),
+        ], {"model": problem.description, "teacher": last.teacher, "solvers": ", ".join(f"`{f}`" for f in files)})
+    first = comparisons[nfes[0]]
+    return {"results": by_nfe[nfes[0]], "methods": first[0], "table": first[1], "seconds": seconds,
+            "by_nfe": {n: {"results": by_nfe[n], "methods": comparisons[n][0], "table": comparisons[n][1]}
+                       for n in nfes}}
+
+
+def _demo_mode(problem: DistillProblem, config: DistillConfig, nfes: list[int], progress: bool,
+               dist: Any) -> tuple[dict[int, Any], Any]:
+    """One mode of the demo: ``({nfe: DistillResult}, solver file)``; with ``resume`` a file the interrupted run
+    finished is evaluated again instead of retrained."""
+    from .distill import distill
+    from .multi_nfe import distill_nfes, finished_result, multi_paths
+    from .outputs import output_paths
+
+    if len(nfes) == 1:
+        paths = output_paths(problem, config)
+        finished, unfinished = dist.main_decides(lambda: (paths.solver.exists(), paths.state.exists()))
         if config.resume and finished and not unfinished:
-            results[mode] = _finished_result(problem, cfg_m, paths.solver, progress)  # done before the interruption
-            continue
-        cfg_m.resume = config.resume and unfinished
-        results[mode] = distill(problem, cfg_m, progress=progress)
+            return {nfes[0]: finished_result(problem, config, paths.solver, progress)}, paths.solver
+        config.resume = config.resume and unfinished
+        return {nfes[0]: distill(problem, config, progress=progress)}, paths.solver
+    multi = multi_paths(problem, config, nfes)
+    finished, unfinished = dist.main_decides(lambda: (multi.solver.exists(), multi.has_progress()))
+    if config.resume and finished and not unfinished:
+        return {n: finished_result(problem, dataclasses.replace(config, nfe=n), multi.solver, progress)
+                for n in nfes}, multi.solver
+    config.resume = config.resume and unfinished
+    return distill_nfes(problem, config, nfes, progress=progress).results, multi.solver
+
+
+def _comparison(results: dict[str, Any], modes: list[str]) -> tuple[dict[str, dict[str, float]], str, list[str]]:
+    """The held-out comparison of one NFE's modes: ``(methods, table, notes)``."""
     last = results[modes[-1]]
+    nfe = last.solver.nfe
     methods: dict[str, dict[str, float]] = {}
     for mode in modes:
         methods[results[mode].label] = results[mode].scores["methods"][results[mode].label]
     methods.update({k: v for k, v in last.scores["methods"].items() if k not in methods})
-    table = scores_table(methods, config.nfe)
-    seconds = time.time() - t0
-    lines = [f"Demo: {problem.description}; teacher {last.teacher}; {last.scores['n']} held-out samples.", "", table,
-             ""]
+    notes = []
     ref = methods.get(BASELINE_REFERENCE, {}).get("l1")
     for label in ("GS", "GAS"):
         if label in methods and ref:
-            lines.append(f"{label}: held-out L1 to the teacher is {methods[label]['l1'] / ref:.3f} x "
+            notes.append(f"{label}: held-out L1 to the teacher is {methods[label]['l1'] / ref:.3f} x "
                          f"DPM-Solver++(3M)'s at the same NFE")
     if "GS" in methods and "GAS" in methods:
         gs, ga = methods["GS"], methods["GAS"]
         line = f"GAS vs GS: distribution distance to the teacher's samples (SWD) {ga['swd']:.4g} vs {gs['swd']:.4g}"
         if "nll" in gs and "nll" in ga:
             line += f"; sample realism (NLL excess) {ga['nll']:.4g} vs {gs['nll']:.4g}"
-        lines.append(line)
-    lines.append(f"total time {seconds:.0f} s (" + ", ".join(
-        f"{r.label} training {r.train_seconds:.0f} s" for r in results.values()) + ")")
-    text = "\n".join(lines)
-    if dist.is_main:
-        print(text, flush=True)
-    if config.report and dist.is_main:
-        out_dir = config.paths()[0]
-        stem = f"{config.name or problem.name}-nfe{config.nfe}"
-        rows = [("teacher", last.samples["teacher"])]
-        rows += [(f"{r.label} ({config.nfe} NFE)", r.samples[r.label]) for r in results.values()]
-        rows += [(f"{name} ({config.nfe} NFE)", last.samples[name]) for name in (BASELINE_REFERENCE,
-                                                                                  "DPM-Solver++(2M)")]
-        decode = problem.decode
-        assert decode is not None
-        grid = save_grid(out_dir / f"{stem}.png", [(label, decode(lat)) for label, lat in rows])
-        files = ", ".join(f"`{r.solver_path.name}`" for r in results.values() if r.solver_path is not None)
-        write_markdown(out_dir / f"{stem}.md", f"GAS demo, NFE {config.nfe}", [
-            ("Held-out comparison", text.replace("\n", "  \n")),
-            ("Samples", f"Rows: {', '.join(label for label, _ in rows)}; same held-out noise per column.\n\n"
-                        f"![samples]({grid.name})"),
-        ], {"model": problem.description, "teacher": last.teacher, "solvers": files})
-    return {"results": results, "methods": methods, "table": table, "seconds": seconds}
-
-
-def _finished_result(problem: DistillProblem, config: DistillConfig, path: Any, progress: bool) -> Any:
-    """A :class:`~trainer.distill.DistillResult` for a solver file an earlier (resumed) demo run already wrote."""
-    from gas import load_solver
-
-    from .distill import DistillResult
-    from .distributed import init_distributed
-    from .evaluate import evaluate_solver
-    from .outputs import output_paths
-    from .runtime import resolve_amp
-    from .teacher_data import load_teacher
-
-    dist = init_distributed(problem.device)
-    autocast = resolve_amp(config.amp, problem.device)
-    solver = load_solver(path)
-    data = load_teacher(problem, config, autocast, progress=progress, dist=dist)
-    label = config.mode.upper()
-    scores, outputs = evaluate_solver(problem, config, solver, data, label, autocast=autocast, dist=dist)
-    k = min(config.grid_samples, len(data.val_idx))
-    samples = {"teacher": data.val_lat[:k], **{name: lat[:k] for name, lat in outputs.items()}}
-    paths = output_paths(problem, config)
-    return DistillResult(solver=solver, scores=scores, solver_path=paths.solver, report_path=paths.report,
-                         grid_path=paths.grid, run_dir=paths.run_dir, teacher=data.spec.describe(), label=label,
-                         samples=samples, world=dist.world)
+        notes.append(line)
+    return methods, scores_table(methods, nfe), notes

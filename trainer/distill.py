@@ -93,6 +93,8 @@ class DistillResult:
     train_seconds: float = 0.0
     #: Number of processes that trained (torchrun); every rank returns the same result, rank 0 wrote the files.
     world: int = 1
+    #: The teacher cache's key (runs with the same key share the teacher's samples).
+    teacher_key: str = ""
 
 
 def distill(problem: DistillProblem, config: DistillConfig | None = None, *, progress: bool = True,
@@ -251,7 +253,7 @@ def _finish(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPat
     return DistillResult(solver=solver, scores=scores, solver_path=paths.solver, report_path=report_path,
                          grid_path=grid_path, run_dir=paths.run_dir, teacher=data.spec.describe(), label=label,
                          samples=samples, seconds=time.time() - t_start, train_seconds=train_seconds,
-                         world=dist.world)
+                         world=dist.world, teacher_key=data.cache.key)
 
 
 def distill_denoiser(denoiser: Callable[..., torch.Tensor], schedule: NoiseSchedule,

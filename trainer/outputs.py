@@ -26,8 +26,8 @@ from .problem import DistillProblem
 from .report import BASELINE_REFERENCE, latents_to_images, save_grid, scores_table, write_markdown
 from .teacher import TeacherSpec
 
-__all__ = ["OutputPaths", "check_outputs", "check_writable", "existing_solver_error", "finite_or_none", "output_paths",
-           "solver_metadata", "write_report"]
+__all__ = ["METRICS_NOTE", "OutputPaths", "check_outputs", "check_writable", "decoded_images", "existing_solver_error",
+           "finite_or_none", "output_paths", "solver_metadata", "timesteps_table", "write_report"]
 
 
 @dataclass
@@ -129,31 +129,25 @@ def solver_metadata(problem: DistillProblem, config: DistillConfig, spec: Teache
     return finite_or_none(meta)
 
 
+#: What the report's score columns mean.
+METRICS_NOTE = ("L1: mean |x - x_teacher| over latents, same held-out noise. SWD: sliced Wasserstein distance "
+                "between the set of samples and the teacher's set (a distribution distance). LPIPS: on decoded "
+                "images, when available. NLL excess (analytic problems): negative log-likelihood per dimension "
+                "under the known data distribution minus the teacher's. Baselines run on the untrained solver's "
+                "grid.")
+
+
 def write_report(problem: DistillProblem, config: DistillConfig, paths: OutputPaths, spec: TeacherSpec,
                  scores: dict[str, Any], solver: GeneralizedSolver, samples: dict[str, torch.Tensor], label: str,
                  train_seconds: float) -> tuple[Path, Path | None]:
     """The markdown report (held-out table, learned timesteps) and the image grid next to the solver file."""
     grid_path: Path | None = None
     if samples["teacher"].shape[0] > 0:
-        rows = [(name, _images(problem, samples[name])) for name in ("teacher", label, BASELINE_REFERENCE)]
+        rows = [(name, decoded_images(problem, samples[name])) for name in ("teacher", label, BASELINE_REFERENCE)]
         grid_path = save_grid(paths.grid, [(f"{n} ({config.nfe} NFE)" if n != "teacher" else "teacher", im)
                                            for n, im in rows])
-    init = GeneralizedSolver(config.nfe, t_eps=config.t_eps, schedule=problem.schedule).sigmas()
-    learned = solver.sigmas().tolist()
-    tc = solver.t_couple.detach().tolist()
-    timesteps = "\n".join([
-        "| | " + " | ".join(f"s{k}" for k in range(config.nfe + 1)) + " |",
-        "|---|" + "---:|" * (config.nfe + 1),
-        "| untrained (uniform time) | " + " | ".join(f"{v:.4g}" for v in init.tolist()) + " |",
-        f"| learned ({label}) | " + " | ".join(f"{v:.4g}" for v in learned) + " |",
-        "| decoupled time shift | " + " | ".join(f"{v:+.3g}" for v in tc) + " | |",
-    ])
-    metrics_note = ("L1: mean |x - x_teacher| over latents, same held-out noise. SWD: sliced Wasserstein distance "
-                    "between the set of samples and the teacher's set (a distribution distance). LPIPS: on decoded "
-                    "images, when available. NLL excess (analytic problems): negative log-likelihood per dimension "
-                    "under the known data distribution minus the teacher's. Baselines run on the untrained solver's "
-                    "grid.")
-    sections = [("Held-out scores", scores_table(scores["methods"], config.nfe) + "\n\n" + metrics_note),
+    timesteps = timesteps_table(problem, config, solver, label)
+    sections = [("Held-out scores", scores_table(scores["methods"], config.nfe) + "\n\n" + METRICS_NOTE),
                 ("Timesteps (sigmas)", timesteps)]
     if grid_path is not None:
         sections.append(("Samples", f"Rows: teacher, {label}, {BASELINE_REFERENCE}; same held-out noise per column."
@@ -167,8 +161,23 @@ def write_report(problem: DistillProblem, config: DistillConfig, paths: OutputPa
     return report, grid_path
 
 
-def _images(problem: DistillProblem, latents: torch.Tensor) -> torch.Tensor:
+def decoded_images(problem: DistillProblem, latents: torch.Tensor) -> torch.Tensor:
+    """Images of end-state latents: the problem's decoder, else the latents' first channels."""
     if problem.decode is not None:
         with torch.no_grad():
             return problem.decode(latents.to(problem.device)).float().cpu()
     return latents_to_images(latents)
+
+
+def timesteps_table(problem: DistillProblem, config: DistillConfig, solver: GeneralizedSolver, label: str) -> str:
+    """Markdown table of the untrained (uniform-time) and learned sigmas and the decoupled time shifts."""
+    init = GeneralizedSolver(config.nfe, t_eps=config.t_eps, schedule=problem.schedule).sigmas()
+    learned = solver.sigmas().tolist()
+    tc = solver.t_couple.detach().tolist()
+    return "\n".join([
+        "| | " + " | ".join(f"s{k}" for k in range(config.nfe + 1)) + " |",
+        "|---|" + "---:|" * (config.nfe + 1),
+        "| untrained (uniform time) | " + " | ".join(f"{v:.4g}" for v in init.tolist()) + " |",
+        f"| learned ({label}) | " + " | ".join(f"{v:.4g}" for v in learned) + " |",
+        "| decoupled time shift | " + " | ".join(f"{v:+.3g}" for v in tc) + " | |",
+    ])
