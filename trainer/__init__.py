@@ -10,6 +10,8 @@ Public API::
   conditioning batches) and returns a :class:`~trainer.distill.DistillResult`.
 * :func:`trainer.distill.distill_denoiser(denoiser, schedule, conditions, latent_shape, config)
   <trainer.distill.distill_denoiser>` is the same for your own model without building the problem yourself.
+* :func:`trainer.multi_nfe.distill_nfes(problem, config, [4, 6, 8]) <trainer.multi_nfe.distill_nfes>` trains one
+  solver per NFE on one shared teacher and writes them into one solver file (``python -m trainer --nfe 4,6,8``).
 * :mod:`trainer.demo` holds the built-in analytic teacher (``python -m trainer --demo``).
 
 Every error a user can meet is in :mod:`trainer.errors` (``TrainerError`` and its subclasses; the README's "Errors").

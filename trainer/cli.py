@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", metavar="DIR", default=None,
                      help=f"folder of the solver file and report (default: {PACK_ROOT / 'models' / 'gas_solvers'})")
     out.add_argument("--name", default=None,
-                     help="output name: <name>-nfe<N>-<mode>.safetensors (default: the checkpoint's file name; "
+                     help="output name: <name>-nfe<N>-<mode>.safetensors, with several NFEs <name>-nfe4-6-8-<mode> "
+                          "(default: the checkpoint's file name; "
                           "'demo' with --demo)")
     out.add_argument("--overwrite", action="store_true",
                      help="replace an existing solver file and start over an unfinished run")
