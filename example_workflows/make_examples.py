@@ -274,7 +274,8 @@ def compare() -> Graph:
 
 
 def train() -> Graph:
-    """Checkpoint -> LoRA -> GAS Train Solver -> GAS Sampler + GAS Sigmas -> SamplerCustomAdvanced (one queue)."""
+    """Checkpoint -> LoRA (bypassed) -> GAS Train Solver -> GAS Model Patch -> KSampler (sampler and scheduler gas), in
+    one queue."""
     g = Graph()
     ckpt = g.add("CheckpointLoaderSimple", (0, 120), (320, 100), [CHECKPOINT],
                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
@@ -297,34 +298,22 @@ def train() -> Graph:
     latent = g.add("EmptyLatentImage", (720, 1040), (320, 110), [SIZE, SIZE, 1], outputs=[("LATENT", "LATENT")])
     g.link(lora, 1, pos, "clip")
     g.link(lora, 1, neg, "clip")
-    noise = g.add("RandomNoise", (1160, 0), (300, 90), [SEED, "fixed"], outputs=[("NOISE", "NOISE")])
-    guider = g.add("CFGGuider", (1160, 130), (300, 100), [CFG],
-                   inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
-                   outputs=[("GUIDER", "GUIDER")])
-    g.link(lora, 0, guider, "model")
-    g.link(pos, 0, guider, "positive")
-    g.link(neg, 0, guider, "negative")
     trained = f"sd15-my-lora-nfe{NFE}-gas.safetensors"
-    sampler = g.add("GASSampler", (1160, 270), (320, 60), [trained], inputs=[("solver", "COMBO")],
-                    outputs=[("sampler", "SAMPLER")])
-    sigmas = g.add("GASSigmas", (1160, 370), (320, 110), [trained, 0, 1.0],
-                   inputs=[("model", "MODEL"), ("solver", "COMBO")], outputs=[("sigmas", "SIGMAS")])
-    g.link(trainer, 0, sampler, "solver")
-    g.link(lora, 0, sigmas, "model")
-    g.link(trainer, 0, sigmas, "solver")
-    decode = _advanced_branch(g, 1520, 120, ckpt, noise, guider, latent, sampler, sigmas,
-                              f"GAS, {NFE} steps, trained solver")
-    save = g.add("SaveImage", (2110, 120), (400, 440), ["gas_trained"], inputs=[("images", "IMAGE")])
-    g.link(decode, 0, save, "images")
+    patch = g.add("GASModelPatch", (1160, 0), (320, 80), [trained], inputs=[("model", "MODEL"), ("solver", "COMBO")],
+                  outputs=[("MODEL", "MODEL")])
+    g.link(lora, 0, patch, "model")
+    g.link(trainer, 0, patch, "solver")
+    _ksampler_chain(g, "KSampler", (1160, 130), (320, 270), [SEED, "fixed", NFE, CFG, "gas", "gas", 1.0],
+                    (patch, pos, neg, latent), ckpt, "gas_trained")
     report = g.add("PreviewAny", (1160, 640), (400, 300), [], inputs=[("source", "*")], title="Held-out scores")
     g.link(trainer, 2, report, "source")
     _note(g, (0, 300), (
         "# Train a GAS solver for your model\n\nGAS Train Solver distils a few-step solver for the model as the "
-        "graph feeds it and writes it to `models/gas_solvers`; its `solver` output drives GAS Sampler and GAS "
-        "Sigmas in the same queue. Cancel keeps the progress: queue again to resume. Once trained, the node's "
-        "output is cached; later runs only sample.\n\nThe LoRA loader ships **bypassed** (the solver is then "
-        "for the checkpoint alone): to train for checkpoint + LoRA, select it, press **Ctrl+B** and pick your "
-        "LoRA."))
+        "graph feeds it and writes it to `models/gas_solvers`; its `solver` output drives GAS Model Patch and "
+        "the KSampler (sampler and scheduler `gas`) in the same queue. Cancel keeps the progress: queue again to "
+        "resume. Once trained, the node's output is cached; later runs only sample.\n\nThe LoRA loader ships "
+        "**bypassed** (the solver is then for the checkpoint alone): to train for checkpoint + LoRA, select it, "
+        "press **Ctrl+B** and pick your LoRA."))
     return g
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from comfy_api.latest import io, ui
 
@@ -12,7 +11,7 @@ from . import solver_choice, solver_folder
 log = logging.getLogger(__name__)
 
 
-class GASSolverInfo(io.ComfyNode):
+class GASSolverInfo(solver_folder.SolverInputHooks, io.ComfyNode):
     """Shows a solver file's metadata as text (STRING output; connect it to Preview Any to read it on the canvas)."""
 
     @classmethod
@@ -27,14 +26,6 @@ class GASSolverInfo(io.ComfyNode):
             outputs=[io.String.Output(display_name="info", tooltip="The description as text.")],
             is_output_node=True,
         )
-
-    @classmethod
-    def validate_inputs(cls, solver: Any) -> bool | str:
-        return solver_folder.validate(solver)
-
-    @classmethod
-    def fingerprint_inputs(cls, solver: Any) -> Any:
-        return solver_folder.fingerprint(solver)
 
     @classmethod
     def execute(cls, solver: str) -> io.NodeOutput:

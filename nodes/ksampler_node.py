@@ -17,7 +17,7 @@ from .sampler_function import build_sampler
 log = logging.getLogger(__name__)
 
 
-class GASKSampler(io.ComfyNode):
+class GASKSampler(solver_folder.SolverInputHooks, io.ComfyNode):
     """Samples a latent with a GAS solver on its own learned grid, like KSampler with the steps fixed by the solver."""
 
     @classmethod
@@ -54,14 +54,6 @@ class GASKSampler(io.ComfyNode):
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The sampled latent.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, solver: Any) -> bool | str:
-        return solver_folder.validate(solver)
-
-    @classmethod
-    def fingerprint_inputs(cls, solver: Any, **_: Any) -> Any:
-        return solver_folder.fingerprint(solver)
 
     @classmethod
     def execute(cls, model: Any, positive: Any, negative: Any, latent_image: dict[str, Any], seed: int, cfg: float,

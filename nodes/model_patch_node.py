@@ -11,7 +11,7 @@ from . import logic, solver_choice, solver_folder, stock_registration
 from ._gas import comfy_bridge
 
 
-class GASModelPatch(io.ComfyNode):
+class GASModelPatch(solver_folder.SolverInputHooks, io.ComfyNode):
     """MODEL -> MODEL carrying a learned solver; a clone, so the input model and other branches are unchanged."""
 
     @classmethod
@@ -37,14 +37,6 @@ class GASModelPatch(io.ComfyNode):
                                      tooltip="The model with the solver attached (for sampler 'gas' + scheduler "
                                              "'gas').")],
         )
-
-    @classmethod
-    def validate_inputs(cls, solver: Any) -> bool | str:
-        return solver_folder.validate(solver)
-
-    @classmethod
-    def fingerprint_inputs(cls, solver: Any, **_: Any) -> Any:
-        return solver_folder.fingerprint(solver)
 
     @classmethod
     def execute(cls, model: Any, solver: str) -> io.NodeOutput:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from comfy_api.latest import io
 
 from . import logic, solver_folder
 from .sampler_function import build_sampler
 
 
-class GASSampler(io.ComfyNode):
+class GASSampler(solver_folder.SolverInputHooks, io.ComfyNode):
     """SAMPLER output for ComfyUI's custom-sampling nodes; pair it with GAS Sigmas for the solver's own grid."""
 
     @classmethod
@@ -30,14 +28,6 @@ class GASSampler(io.ComfyNode):
             ],
             outputs=[io.Sampler.Output(display_name="sampler", tooltip="The GAS sampler (SAMPLER).")],
         )
-
-    @classmethod
-    def validate_inputs(cls, solver: Any) -> bool | str:
-        return solver_folder.validate(solver)
-
-    @classmethod
-    def fingerprint_inputs(cls, solver: Any) -> Any:
-        return solver_folder.fingerprint(solver)
 
     @classmethod
     def execute(cls, solver: str) -> io.NodeOutput:

@@ -10,7 +10,7 @@ from . import logic, solver_choice, solver_folder
 from .grid import model_sigmas
 
 
-class GASSigmas(io.ComfyNode):
+class GASSigmas(solver_folder.SolverInputHooks, io.ComfyNode):
     """SIGMAS for SamplerCustom / SamplerCustomAdvanced: exactly the sigmas the solver was trained on."""
 
     @classmethod
@@ -39,14 +39,6 @@ class GASSigmas(io.ComfyNode):
                                       tooltip="Decreasing noise levels, no trailing 0 (the solver stops at its last "
                                               "learned sigma).")],
         )
-
-    @classmethod
-    def validate_inputs(cls, solver: Any) -> bool | str:
-        return solver_folder.validate(solver)
-
-    @classmethod
-    def fingerprint_inputs(cls, solver: Any, **_: Any) -> Any:
-        return solver_folder.fingerprint(solver)
 
     @classmethod
     def execute(cls, model: Any, solver: str, steps: int = 0, denoise: float = 1.0) -> io.NodeOutput:

@@ -98,3 +98,17 @@ def fingerprint(name: Any) -> Any:
         return (name, *logic.file_key(path))
     except OSError:
         return name
+
+
+class SolverInputHooks:
+    """ComfyUI V3 hooks of a node with the shared ``solver`` input: queue-time check of the name (ComfyUI does not
+    check V3 combo values itself) and a fingerprint that re-runs the node when the file changes. Put it before
+    ``io.ComfyNode`` among the bases."""
+
+    @classmethod
+    def validate_inputs(cls, solver: Any) -> bool | str:
+        return validate(solver)
+
+    @classmethod
+    def fingerprint_inputs(cls, solver: Any, **_: Any) -> Any:
+        return fingerprint(solver)

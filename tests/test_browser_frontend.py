@@ -23,7 +23,7 @@ from tests.helpers.solvers import write_solver
 from tests.helpers.workflows import overlapping_nodes
 
 SOLVER = "sd15-nfe4-browser-test.safetensors"
-NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo")
+NODE_IDS = ("GASSampler", "GASSigmas", "GASKSampler", "GASSolverInfo", "GASModelPatch", "GASTrainSolver")
 WORKFLOWS = sorted(EXAMPLES_DIR.glob("*.json"))
 
 
@@ -143,7 +143,8 @@ def test_help_page_opens(page: ComfyPage, node_id: str) -> None:
     assert panel["overflow"] == [] and panel["tables"] == 0, panel
 
 
-QUEUED = [EXAMPLES_DIR / "GAS KSampler txt2img.json", EXAMPLES_DIR / "GAS Sampler txt2img.json"]
+QUEUED = [EXAMPLES_DIR / f"{name}.json"
+          for name in ("GAS KSampler txt2img", "GAS Sampler txt2img", "GAS Model Patch txt2img")]
 
 
 @pytest.mark.parametrize("path", QUEUED, ids=lambda p: p.stem)

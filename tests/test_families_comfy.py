@@ -154,7 +154,7 @@ def test_trainer_api_distils_a_solver_that_samples(report: dict[str, Any], name:
 def test_gas_mode_refuses_video_latents_with_one_sentence(report: dict[str, Any]) -> None:
     """GAS mode's discriminator is 2-D: on 5-D latents the trainer refuses with one sentence that points to GS."""
     message = report["wan21"]["training"]["gas"]["error"]
-    assert "(C, H, W)" in message and "--mode gs" in message and "\n" not in message
+    assert "(C, H, W)" in message and "mode gs" in message and "\n" not in message
 
 
 # ----- 5-D latents, no ComfyUI ----------------------------------------------------------------------------------------

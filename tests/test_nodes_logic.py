@@ -424,6 +424,14 @@ def test_help_page_per_node() -> None:
         assert not [line for line in text.splitlines() if line.startswith("|")], f"{node_id}: a markdown table"
 
 
+def test_help_page_fallback_for_other_locales() -> None:
+    """A frontend in another language asks for docs/<NodeId>/<locale>.md, then falls back to docs/<NodeId>.md: that
+    fallback is the English page, kept identical to en.md."""
+    docs = REPO_ROOT / "web" / "docs"
+    for node_id in NODE_IDS:
+        assert (docs / f"{node_id}.md").read_text() == (docs / node_id / "en.md").read_text(), node_id
+
+
 def test_example_workflows_match_their_generator() -> None:
     done = subprocess.run([sys.executable, str(REPO_ROOT / "example_workflows" / "make_examples.py"), "--check"],
                           capture_output=True, text=True, timeout=120)

@@ -299,7 +299,7 @@ def test_example_workflow_trains_and_samples(server: ComfyServer, first_run: dic
             node["mode"] = 0
     prompt = to_api(workflow, info)
     kinds = {node["class_type"] for node in prompt.values()}
-    assert {"LoraLoader", "GASTrainSolver", "GASSampler", "GASSigmas", "SamplerCustomAdvanced"} <= kinds
+    assert {"LoraLoader", "GASTrainSolver", "GASModelPatch", "KSampler"} <= kinds
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "CheckpointLoaderSimple":
