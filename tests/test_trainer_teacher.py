@@ -131,3 +131,19 @@ def test_ipndm_gits_teacher_uses_nfe_plus_one_steps(tmp_path):
     out = run_teacher(p, spec2, sample_noise([0], p.latent_shape, 42), p.conditions([0]),
                       Autocast(torch.device("cpu"), None))
     assert out.shape == (1, *p.latent_shape) and torch.isfinite(out).all()
+
+
+def test_a_killed_writers_temporary_shard_is_removed_by_the_next_write(tmp_path):
+    """A writer killed mid-write leaves its temporary file (no clean-up runs on SIGKILL); shards are written under the
+    cache's lock, so the next writer removes it, and the samples are unaffected."""
+    cache = TeacherCache(tmp_path, {"k": "stale"}, (2, 4, 4))
+    stale = cache.dir / ".shard-0000000.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a shard")
+
+    def gen(idx):
+        noise = sample_noise(idx, (2, 4, 4), 3)
+        return noise, 2 * noise
+
+    noise, lat = cache.get(range(5), gen, batch=4, progress=False)
+    assert torch.equal(lat, 2 * noise) and not stale.exists()
+    assert not list(cache.dir.glob("*.tmp"))

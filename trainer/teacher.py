@@ -260,6 +260,10 @@ class TeacherCache:
         processes or runs merging into one shard at once lose nothing and duplicate nothing.
         """
         with self._lock():
+            # shards are only written under this lock, so a shard's temporary file found now was left by a writer
+            # that was killed mid-write (SIGKILL or SIGTERM skip its clean-up): remove it
+            for stale in self.dir.glob(".shard-*.tmp"):
+                stale.unlink(missing_ok=True)
             merged = self.read_shard(shard, locked=True)
             merged.update(new)
             self.write_shard(shard, merged)
