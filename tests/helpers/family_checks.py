@@ -171,7 +171,7 @@ def sampling_checks(runner: NodeRunner, model: Any, name: str, family: Any, solv
         except logic.GASNodeError as exc:
             entry["sigmas_node"] = str(exc)
         # the sampler on its own refuses too (e.g. sigmas typed in by hand): the foreign solver's own grid
-        solver = runner.solver_folder.load(solvers[role])
+        solver = runner.solver_folder.load(solvers[role]).default  # a SolverSet: its one solver
         grid = solver.sigmas(other_schedule if role == "other_kind" else None).detach().float()
         try:
             runner.sample(model, solvers[role], grid, positive, negative, cfg, family.latent)
