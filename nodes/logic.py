@@ -237,14 +237,17 @@ def compatibility(solver: core.GeneralizedSolver, name: str, info: comfy_bridge.
     return Verdict(None, tuple(warnings))
 
 
-def trained_cfg(solver: core.GeneralizedSolver | None) -> float | None:
-    """The cfg scale recorded in the solver file, if any."""
-    if solver is None:
-        return None
-    value = solver.metadata.get("cfg")
+def _recorded_number(solver: core.GeneralizedSolver | None, key: str) -> float | None:
+    """The finite number stored under ``key`` in the solver's metadata, if any."""
+    value = solver.metadata.get(key) if solver is not None else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
+
+
+def trained_cfg(solver: core.GeneralizedSolver | None) -> float | None:
+    """The cfg scale recorded in the solver file, if any."""
+    return _recorded_number(solver, "cfg")
 
 
 def cfg_warning(solver: core.GeneralizedSolver | None, name: str, cfg: float | None) -> str | None:
@@ -258,12 +261,7 @@ def cfg_warning(solver: core.GeneralizedSolver | None, name: str, cfg: float | N
 
 def trained_guidance(solver: core.GeneralizedSolver | None) -> float | None:
     """The distilled-guidance value (Flux dev's conditioning ``guidance``) recorded in the solver file, if any."""
-    if solver is None:
-        return None
-    value = solver.metadata.get("guidance")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+    return _recorded_number(solver, "guidance")
 
 
 def conditioning_guidance(conds: Sequence[dict[str, Any]] | None) -> float | None:

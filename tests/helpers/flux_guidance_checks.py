@@ -44,15 +44,11 @@ class Captured(logging.Handler):
 def main(argv: list[str]) -> int:
     comfy_root, flux_file, out_path = argv[1], argv[2], Path(argv[3])
     sys.path.insert(0, str(REPO_ROOT))
-    from tests.helpers import comfy_checks
-    from tests.helpers.comfy_env import import_comfy_in_process
-    from tests.helpers.family_checks import NodeRunner, conditioning
+    from tests.helpers.family_checks import NodeRunner, conditioning, start
     from tests.helpers.tiny_families import FAMILIES
 
-    comfy = import_comfy_in_process(comfy_root, cpu=True)
-    pack = comfy_checks.load_pack()
+    comfy, pack, logic = start(comfy_root)
     gas, bridge = pack.gas, pack.gas.comfy_bridge
-    logic = importlib.import_module(f"{pack.__name__}.nodes.logic")
     solver_folder = importlib.import_module(f"{pack.__name__}.nodes.solver_folder")
     flux_nodes = importlib.import_module("comfy_extras.nodes_flux")
     advanced = importlib.import_module("comfy_extras.nodes_model_advanced")
