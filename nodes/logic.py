@@ -237,14 +237,17 @@ def compatibility(solver: core.GeneralizedSolver, name: str, info: comfy_bridge.
     return Verdict(None, tuple(warnings))
 
 
-def trained_cfg(solver: core.GeneralizedSolver | None) -> float | None:
-    """The cfg scale recorded in the solver file, if any."""
-    if solver is None:
-        return None
-    value = solver.metadata.get("cfg")
+def _recorded_number(solver: core.GeneralizedSolver | None, key: str) -> float | None:
+    """The finite number stored under ``key`` in the solver's metadata, if any."""
+    value = solver.metadata.get(key) if solver is not None else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
+
+
+def trained_cfg(solver: core.GeneralizedSolver | None) -> float | None:
+    """The cfg scale recorded in the solver file, if any."""
+    return _recorded_number(solver, "cfg")
 
 
 def cfg_warning(solver: core.GeneralizedSolver | None, name: str, cfg: float | None) -> str | None:
@@ -254,6 +257,50 @@ def cfg_warning(solver: core.GeneralizedSolver | None, name: str, cfg: float | N
         return None
     return (f"GAS solver '{name}' was trained for cfg {want:g}, but cfg is {float(cfg):g}; it will run, but the "
             f"learned steps fit cfg {want:g} best.")
+
+
+def trained_guidance(solver: core.GeneralizedSolver | None) -> float | None:
+    """The distilled-guidance value (Flux dev's conditioning ``guidance``) recorded in the solver file, if any."""
+    return _recorded_number(solver, "guidance")
+
+
+def conditioning_guidance(conds: Sequence[dict[str, Any]] | None) -> float | None:
+    """The guidance value a guidance-distilled model receives from these conditioning entries (ComfyUI's processed
+    ``conds["positive"]``: the ``guidance`` model cond it built, else the raw ``guidance`` value FluxGuidance set);
+    None when there is none or the entries disagree."""
+    values = set()
+    for entry in conds or ():
+        model_cond = (entry.get("model_conds") or {}).get("guidance")
+        value = getattr(model_cond, "cond", entry.get("guidance"))
+        if isinstance(value, torch.Tensor) and value.numel() > 0:
+            value = float(value.flatten()[0])
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            values.add(float(value))
+    return values.pop() if len(values) == 1 else None
+
+
+def guidance_warning(solver: core.GeneralizedSolver | None, name: str, guidance: float | None) -> str | None:
+    """A warning when the model's distilled guidance differs from the one the solver was trained with."""
+    want = trained_guidance(solver)
+    if want is None or guidance is None or abs(float(guidance) - want) <= CFG_TOLERANCE:
+        return None
+    return (f"GAS solver '{name}' was trained with guidance {want:g}, but the conditioning's guidance is "
+            f"{float(guidance):g}; it will run, but the learned steps fit guidance {want:g} best (set it with "
+            "FluxGuidance).")
+
+
+def shift_warning(solver: core.GeneralizedSolver | None, name: str, info: comfy_bridge.SamplingInfo) -> str | None:
+    """A warning when a flow model is patched with another shift than the solver's (its learned sigmas are used as
+    trained, see :func:`effective_schedule`)."""
+    if solver is None or info.kind != "flow" or solver.schedule is None or solver.schedule.space != "flow":
+        return None
+    want, have = getattr(solver.schedule, "shift", None), getattr(info.schedule, "shift", None)
+    if want is None or have is None or abs(math.log(float(have) / float(want))) <= 1e-3:
+        return None
+    return (f"GAS solver '{name}' was trained at flow shift {want:g}, but this model's shift is {have:g} "
+            f"(ModelSamplingSD3/ModelSamplingFlux, or Flux at another resolution); it samples on its trained sigmas, "
+            f"which are exact for the same model at the same resolution; at another resolution train a solver "
+            f"there for the best steps.")
 
 
 def resolve_cfg(cfg: float, solver: core.GeneralizedSolver | None) -> float:

@@ -6,7 +6,8 @@ learned solver needs around :func:`gas.sample_gas`:
 
 1. the model's schedule, family and weights fingerprint from ``model.inner_model.inner_model`` (the ``BaseModel``
    behind the guider), checked against the solver file: a mismatch raises :class:`GASNodeError` (one sentence)
-   before any network call; a different cfg or checkpoint is logged as a warning;
+   before any network call; a different cfg, distilled guidance (Flux dev), flow shift or checkpoint is logged as a
+   warning;
 2. the sigmas checked against the solver's grid by :func:`gas.sigma_fit` (a tail of it is img2img, integrated
    without the corrections; the core's :class:`gas.SigmasTailWarning` is filtered by class, the node logs its own);
 3. for discrete-schedule (SD) models, the float-timestep wrapper in a *copy* of ``extra_args["model_options"]``,
@@ -72,6 +73,12 @@ def _guider_cfg(guider: Any) -> float | None:
     return float(cfg) if isinstance(cfg, (int, float)) and not isinstance(cfg, bool) else None
 
 
+def _guider_guidance(guider: Any) -> float | None:
+    """The distilled guidance (Flux dev) in the guider's positive conditioning, as ComfyUI processed it."""
+    conds = getattr(guider, "conds", None)
+    return logic.conditioning_guidance(conds.get("positive")) if isinstance(conds, dict) else None
+
+
 def _check_solver(spec: SamplerSpec, info: comfy_bridge.SamplingInfo, base: Any, guider: Any,
                   schedule: core.NoiseSchedule, sigmas: torch.Tensor) -> None:
     """Refuse (GASNodeError) or warn before sampling with a learned solver."""
@@ -83,9 +90,11 @@ def _check_solver(spec: SamplerSpec, info: comfy_bridge.SamplingInfo, base: Any,
     for message in verdict.warnings:
         log.warning("[GAS] %s", message)
     logic.check_sigmas(sigmas, solver, schedule, spec.name)  # pick_for_sigmas chose the full grid; a guard
-    cfg_message = logic.cfg_warning(solver, spec.name, _guider_cfg(guider))
-    if cfg_message is not None:
-        log.warning("[GAS] %s", cfg_message)
+    for message in (logic.cfg_warning(solver, spec.name, _guider_cfg(guider)),
+                    logic.guidance_warning(solver, spec.name, _guider_guidance(guider)),
+                    logic.shift_warning(solver, spec.name, info)):
+        if message is not None:
+            log.warning("[GAS] %s", message)
 
 
 def sample_gas_in_comfy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict[str, Any] | None = None,

@@ -335,7 +335,7 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
         decoupled=decoupled, timestep_hook=hook if override is not None else None, device=device,
         dtype=torch.float32, identity=identity, name=name, cfg=cfg, description=description,
         gits_sigmas=_gits_sigmas(family, source.comfy_root) if source.comfy_root is not None else None,
-        extra_metadata=dict(source.extra_metadata),
+        extra_metadata={**source.extra_metadata, **({"guidance": extra["guidance"]} if "guidance" in extra else {})},
     )
 
 

@@ -171,7 +171,7 @@ def sampling_checks(runner: NodeRunner, model: Any, name: str, family: Any, solv
         except logic.GASNodeError as exc:
             entry["sigmas_node"] = str(exc)
         # the sampler on its own refuses too (e.g. sigmas typed in by hand): the foreign solver's own grid
-        solver = runner.solver_folder.load(solvers[role]).default
+        solver = runner.solver_folder.load(solvers[role]).default  # a SolverSet: its one solver
         grid = solver.sigmas(other_schedule if role == "other_kind" else None).detach().float()
         try:
             runner.sample(model, solvers[role], grid, positive, negative, cfg, family.latent)
@@ -264,6 +264,17 @@ def training_checks(comfy: Any, runner: NodeRunner, model: Any, name: str, famil
     return out
 
 
+def start(comfy_root: str) -> tuple[Any, Any, Any]:
+    """Import ComfyUI (CPU) and this repository as a node pack: (ComfyUI's modules, the pack, its ``nodes.logic``)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.helpers import comfy_checks
+    from tests.helpers.comfy_env import import_comfy_in_process
+
+    comfy = import_comfy_in_process(comfy_root, cpu=True)
+    pack = comfy_checks.load_pack()
+    return comfy, pack, importlib.import_module(f"{pack.__name__}.nodes.logic")
+
+
 def main(argv: list[str]) -> int:
     comfy_root, out_path = argv[1], Path(argv[2])
     train: dict[str, list[str]] = {}
@@ -275,15 +286,11 @@ def main(argv: list[str]) -> int:
         else:
             family_name, path = arg.split("=", 1)
             files[family_name] = path
-    sys.path.insert(0, str(REPO_ROOT))
+    comfy, pack, logic = start(comfy_root)
     from tests.helpers import comfy_checks
-    from tests.helpers.comfy_env import import_comfy_in_process
     from tests.helpers.tiny_families import FAMILIES
 
-    comfy = import_comfy_in_process(comfy_root, cpu=True)
-    pack = comfy_checks.load_pack()
     gas, bridge = pack.gas, pack.gas.comfy_bridge
-    logic = importlib.import_module(f"{pack.__name__}.nodes.logic")
     solver_folder = importlib.import_module(f"{pack.__name__}.nodes.solver_folder")
     runner = NodeRunner(pack)
     torch.manual_seed(0)
