@@ -121,6 +121,8 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     "ema 0.95": lambda iters: {"ema": 0.95},
     "logsnr init": lambda iters: {"time_init": "logsnr"},
     "clip off": lambda iters: {"grad_clip": 0.0},
+    "lr 2e-3": lambda iters: {"lr": 2e-3},
+    "ema 0.95+lr 2e-3+cosine": lambda iters: {"ema": 0.95, "lr": 2e-3, "lr_schedule": "cosine"},
 }
 
 
@@ -213,8 +215,11 @@ def summary_rows(results: list[RunResult], nfes: list[int]) -> list[dict[str, An
         row = rows.setdefault((r.teacher, r.setting), {"teacher": r.teacher, "setting": r.setting, "stable": True})
         row.setdefault(r.nfe, []).append(r)
         row["stable"] = row["stable"] and r.stable
+    teachers = list(dict.fromkeys(r.teacher for r in results))
+    order = list(SETTINGS)
     out = []
-    for row in rows.values():
+    for _, row in sorted(rows.items(), key=lambda kv: (teachers.index(kv[0][0]), order.index(kv[0][1])
+                                                       if kv[0][1] in order else len(order))):
         for nfe in nfes:
             runs = row.pop(nfe, [])
             row[f"mean{nfe}"] = sum(r.heldout_l1 for r in runs) / len(runs) if runs else math.nan
