@@ -26,7 +26,10 @@ STATE_FORMAT = "gas-trainer-state"
 STATE_VERSION = 1
 #: Config fields that must match for ``--resume`` (the others, e.g. ``iters`` or ``ckpt_every``, may change).
 RESUME_KEYS = ("nfe", "mode", "t_eps", "seed", "train_size", "batch", "lr", "grad_clip", "ema", "loss", "disc_lr",
-               "disc_weight", "r1_gamma", "disc_preset", "disc_widths", "disc_groups", "disc_blocks")
+               "disc_weight", "r1_gamma", "disc_preset", "disc_widths", "disc_groups", "disc_blocks", "lr_schedule",
+               "lr_warmup", "time_init")
+#: Values of resume keys that states written before the key existed were trained with.
+RESUME_KEY_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform"}
 
 
 def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
@@ -56,7 +59,7 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], saved_key: 
                      path: Path) -> None:
     """Refuse to resume a state trained with other settings (one sentence naming the first difference)."""
     for key in RESUME_KEYS:
-        a, b = saved.get(key), current.get(key)
+        a, b = saved.get(key, RESUME_KEY_DEFAULTS.get(key)), current.get(key)
         if isinstance(a, tuple):
             a = list(a)
         if isinstance(b, tuple):

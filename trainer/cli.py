@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_TEACHER_STEPS, DISC_PRESETS, PACK_ROOT, DistillConfig
+from .config import DEFAULT_TEACHER_STEPS, DISC_PRESETS, LR_SCHEDULES, PACK_ROOT, RECIPES, TIME_INITS, DistillConfig
 from .distributed import (
     Dist,
     env_rank,
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--seed", type=int, default=_D.seed,
                       help="seed: teacher noise of sample i is seed+i; data order and discriminator derive from it")
     data = p.add_argument_group("data and optimisation (paper defaults)")
+    data.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
+                      help="named training recipe whose values the options below start from (paper: the GAS paper's "
+                           "SD recipe, the defaults)")
     data.add_argument("--train-size", type=int, default=None,
                       help=f"teacher samples for training (default: {_D.train_size}{demo('train_size')})")
     data.add_argument("--val-size", type=int, default=None,
@@ -126,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--lr", type=float, default=_D.lr, help="Adam learning rate of the solver")
     data.add_argument("--grad-clip", type=float, default=_D.grad_clip, help="gradient-norm clip (0 = off)")
     data.add_argument("--ema", type=float, default=_D.ema, help="EMA decay of the solver parameters")
+    data.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_D.lr_schedule,
+                      help="solver learning rate over the iterations (cosine: decay to 0 at --iters)")
+    data.add_argument("--lr-warmup", type=int, default=_D.lr_warmup, help="iterations of linear lr warm-up")
+    data.add_argument("--time-init", choices=TIME_INITS, default=_D.time_init,
+                      help="initial solver timesteps: uniform in GAS time, or uniform in log-SNR")
     data.add_argument("--loss", choices=("l1", "lpips"), default=_D.loss,
                       help="distillation loss: L1 on latents, or LPIPS-VGG on decoded images (needs the VGG weights)")
     adv = p.add_argument_group("adversarial (--mode gas)")
@@ -231,17 +239,18 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
     """The :class:`DistillConfig` of parsed options (``demo``: the demo's defaults where an option was not given)."""
     from .demo import DEMO_DEFAULTS
 
-    base: dict[str, Any] = dict(DEMO_DEFAULTS) if demo else {}
+    base: dict[str, Any] = {**RECIPES[args.recipe], **(DEMO_DEFAULTS if demo else {})}
 
     def pick(value: Any, key: str) -> Any:
         if value is not None:
             return value
         return base.get(key, getattr(_D, key))
 
-    return DistillConfig(
-        nfe=args.nfe[0], mode=args.mode or "gas", seed=args.seed,
+    return DistillConfig.from_recipe(
+        args.recipe, nfe=args.nfe[0], mode=args.mode or "gas", seed=args.seed,
         train_size=pick(args.train_size, "train_size"), val_size=pick(args.val_size, "val_size"),
         batch=args.batch, iters=pick(args.iters, "iters"), lr=args.lr, grad_clip=args.grad_clip, ema=args.ema,
+        lr_schedule=args.lr_schedule, lr_warmup=args.lr_warmup, time_init=args.time_init,
         loss=args.loss, disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
         r1_gamma=args.r1_gamma, disc_preset=pick(args.disc_size, "disc_preset"), teacher=args.teacher,
         teacher_steps=args.teacher_steps, teacher_order=args.teacher_order, teacher_batch=args.teacher_batch,

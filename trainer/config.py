@@ -18,7 +18,8 @@ from gas import MAX_NFE, MIN_NFE
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "MODES", "PACK_ROOT", "TEACHERS", "DistillConfig"]
+__all__ = ["DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "LR_SCHEDULES", "MODES", "PACK_ROOT", "RECIPES",
+           "TEACHERS", "TIME_INITS", "DistillConfig"]
 
 #: The pack folder (the repository root): default outputs live below it.
 PACK_ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +30,26 @@ LOSSES = ("l1", "lpips")
 TEACHERS = ("dpmpp3m", "ipndm-gits")
 TEACHER_GRIDS = ("logsnr", "time")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+#: Learning-rate schedules of the solver (``trainer.schedule.learning_rate``).
+LR_SCHEDULES = ("constant", "cosine")
+#: Initial timestep grids of the solver (``trainer.schedule.initial_times``).
+TIME_INITS = ("uniform", "logsnr")
 #: Discriminator widths / groups per stage (stages are added or dropped to fit the latent size).
 DISC_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "paper": ((384, 768, 768, 768, 768), (48, 96, 96, 96, 96)),
     "small": ((32, 64, 64, 64, 64), (4, 8, 8, 8, 8)),
+}
+
+
+#: Named training recipes: the values of the recipe's settings (every other field keeps its own default).
+#: "paper": the GAS paper's SD recipe as the trainer's defaults implement it (arXiv 2510.17699, section 5 and
+#: appendix; docs/method.md section 9); ``DistillConfig.from_recipe("paper") == DistillConfig()``.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
+        "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "loss": "l1", "disc_lr": 1e-5,
+        "disc_weight": 1.0, "r1_gamma": 0.2,
+    },
 }
 
 
@@ -55,6 +72,9 @@ class DistillConfig:
     lr: float = 1e-3  #: Adam learning rate of the solver parameters
     grad_clip: float = 1.0  #: gradient-norm clip of the solver parameters (0 = off)
     ema: float = 0.999  #: EMA decay of the solver parameters (warm-up min(decay, (1+n)/(10+n)))
+    lr_schedule: str = "constant"  #: solver lr over iterations: "constant" (paper) or "cosine" decay to 0 at `iters`
+    lr_warmup: int = 0  #: iterations of linear lr warm-up from 0 before the schedule (0 = none, the paper)
+    time_init: str = "uniform"  #: initial solver timesteps: "uniform" in GAS time (paper) or "logsnr"-uniform
     loss: str = "l1"  #: distillation loss: "l1" on latents, or "lpips" (VGG) on decoded images
     # ----- adversarial (mode "gas") ------------------------------------------------------------------------------
     disc_lr: float = 1e-5  #: Adam learning rate of the discriminator
@@ -89,6 +109,13 @@ class DistillConfig:
     report: bool = True  #: write the markdown report and the PNG grid next to the solver
     grid_samples: int = 8  #: held-out samples shown in the report's image grid
     extra_metadata: dict[str, Any] = field(default_factory=dict)  #: added to the solver file's metadata
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **overrides: Any) -> DistillConfig:
+        """The config of named recipe ``recipe`` (:data:`RECIPES`), with ``overrides`` on top."""
+        if recipe not in RECIPES:
+            raise ConfigError(f"`recipe` must be one of {', '.join(RECIPES)}, got {recipe!r}")
+        return cls(**{**RECIPES[recipe], **overrides})
 
     # ----- derived -----------------------------------------------------------------------------------------------
     @property
@@ -147,6 +174,10 @@ class DistillConfig:
         need(self.teacher in TEACHERS, f"`teacher` must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
         need(self.teacher_grid in TEACHER_GRIDS, f"`teacher_grid` must be one of {TEACHER_GRIDS}")
         need(self.amp in AMP_MODES, f"`amp` must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        need(self.lr_schedule in LR_SCHEDULES,
+             f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        need(self.time_init in TIME_INITS,
+             f"`time_init` must be one of {', '.join(TIME_INITS)}, got {self.time_init!r}")
         need(self.disc_preset in DISC_PRESETS, f"`disc_preset` must be one of {', '.join(DISC_PRESETS)}")
         need(is_num(self.t_eps) and 0 < self.t_eps < 1,
              f"`t_eps` must lie strictly between 0 and 1, got {self.t_eps!r}")
@@ -155,6 +186,8 @@ class DistillConfig:
                      "eval_every", "log_every", "disc_blocks"):
             value = getattr(self, name)
             need(is_int(value) and value >= 1, f"`{name}` must be a positive integer, got {value!r}")
+        need(is_int(self.lr_warmup) and 0 <= self.lr_warmup < self.iters,
+             f"`lr_warmup` must be an integer from 0 to `iters` - 1 ({self.iters - 1}), got {self.lr_warmup!r}")
         need(self.batch <= self.train_size,
              f"`batch` ({self.batch}) cannot be larger than `train_size` ({self.train_size})")
         need(self.batch % processes == 0,

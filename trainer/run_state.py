@@ -23,6 +23,7 @@ from .ema import EMA
 from .errors import ConfigError
 from .outputs import OutputPaths
 from .problem import DistillProblem
+from .schedule import set_initial_times
 from .teacher import derive_seed
 
 __all__ = ["RunState", "save_checkpoint", "start_or_resume"]
@@ -36,7 +37,9 @@ class RunState:
         self.nfe, self.t_eps, self.schedule = config.nfe, config.t_eps, problem.schedule
         self.device = problem.device
         self.distributed = distributed  # the CUDA RNG is per device, so it is not saved under torchrun
-        self.solver = GeneralizedSolver(config.nfe, t_eps=config.t_eps, schedule=problem.schedule).to(self.device)
+        self.solver = GeneralizedSolver(config.nfe, t_eps=config.t_eps, schedule=problem.schedule)
+        set_initial_times(self.solver, problem.schedule, config.time_init)
+        self.solver.to(self.device)
         self.params = list(self.solver.parameters())
         self.opt = torch.optim.Adam(self.params, lr=config.lr)
         self.ema = EMA(self.params, config.ema)

@@ -5,7 +5,8 @@ GAS paper, arXiv 2510.17699).
   conditioning, giving ``fake``; ``L_D = softplus(D(fake) - D(x_T)) + gamma/2 (R1 + R2)``; one Adam step on ``D``.
 * :func:`solver_step`: ``x_S = student(z, c)`` through all N model calls with autograd (each call checkpointed);
   ``L = distill(x_S, x_T) + disc_weight * softplus(D(x_T) - D(x_S))`` (the adversarial part for GAS only, ``D``
-  frozen), averaged over the batch; backprop, gradient-norm clip, Adam, EMA update.
+  frozen), averaged over the batch; backprop, gradient-norm clip, Adam at the iteration's learning rate
+  (:func:`trainer.schedule.learning_rate`), EMA update.
 
 ``distill`` = loss 'l1': mean |x_S - x_T|; 'lpips': LPIPS-VGG between decoded images. Under torchrun the gradients
 and the logged numbers are averaged over the ranks before clipping and the optimiser steps, so every rank applies
@@ -27,6 +28,7 @@ from .losses import discriminator_loss, generator_adversarial_loss, l1_latents, 
 from .problem import DistillProblem
 from .run_state import RunState
 from .runtime import Autocast, run_student, start_state
+from .schedule import learning_rate
 
 __all__ = ["NonFiniteError", "StepContext", "discriminator_step", "solver_step"]
 
@@ -106,6 +108,8 @@ def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, floa
     if not math.isfinite(reduced[0]):
         raise NonFiniteError("loss", reduced[0])
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    for group in run.opt.param_groups:  # exactly cfg.lr for the paper's constant schedule
+        group["lr"] = learning_rate(cfg, run.step)
     if run.scaler is not None:
         run.scaler.unscale_(run.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip)

@@ -1,0 +1,363 @@
+"""Training-recipe bench: held-out error of GS solvers trained with the paper's recipe and with one lever changed.
+
+Usage: ``OMP_NUM_THREADS=1 python -m benchmarks.recipe [--teachers demo,hard,flow] [--settings paper,cosine,...]
+[--nfe 4 6] [--seeds 3] [--iters 500] [--png curves.png] [--json results.json]``
+
+Teachers (exact and cheap on the CPU, defined here):
+
+* ``demo``: the demo's analytic class-conditional Gaussian mixture (``trainer/demo.py``: 3x16x16, 8 classes x 3
+  components, CFG 4) on SD1.5's discrete VP schedule.
+* ``hard``: a larger mixture, 4x16x16, 12 classes x 4 components with unequal weights (1 : 1/2 : 1/4 : 1/8 within a
+  class), CFG 7.5, on the same schedule.
+* ``flow``: flow matching, ``x_s = (1-s) x0 + s eps`` with a time shift of 3 (SD3-like), the exact denoiser of a
+  4x8x8 mixture (6 classes x 3 components, CFG 5): since ``x_s / (1-s) = x0 + (s/(1-s)) eps``, it is the VE mixture
+  denoiser at sigma ``s/(1-s)``.
+* ``tiny``: the demo mixture at 2x8x8 with 3 classes (for the test; seconds).
+
+Per (teacher, setting, NFE) the bench trains GS solvers (``trainer.distill.distill``, the public API) with training
+seeds 0, 1, 2 (teacher noise, data order), and scores each EMA solver on held-out noises the training never sees
+(sample indices from 1e6 on) against the exact ODE solution: DPM-Solver++(3M) with ``--exact-steps`` (512) log-SNR
+uniform steps in float64 from the trainer's first to its last sigma. It prints, per setting, the mean and the worst
+seed's held-out L1 at each NFE, the wall time (teacher generation + training, one process), and whether training was
+stable: the last 20% of training does not worsen the held-out L1 by more than 2% (the trainer's own held-out check,
+``val_size`` samples against its 64-step teacher, at every tenth of the run and at the end). ``--png`` draws those
+curves (mean over seeds) per teacher and NFE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gas import DiscreteVPSchedule, FlowSchedule, sample_gas
+from trainer.config import DistillConfig
+from trainer.demo import GaussianMixtureDenoiser, make_demo_problem
+from trainer.distill import distill
+from trainer.evaluate import sample_solver
+from trainer.gits import logsnr_grid
+from trainer.problem import DistillProblem
+from trainer.runtime import resolve_amp
+from trainer.teacher import end_sigmas, sample_noise
+from trainer.teacher_data import load_teacher
+
+#: First sample index of the bench's held-out set (training uses indices below train_size + val_size).
+HELDOUT_START = 1_000_000
+#: Fraction of training whose end must not be worse than its start by more than STABLE_TOLERANCE.
+STABLE_TAIL, STABLE_TOLERANCE = 0.2, 0.02
+
+
+class WeightedMixtureDenoiser(GaussianMixtureDenoiser):
+    """The demo mixture with component ``m`` of every class weighted ``2^-m`` (normalised within the class)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        w = 0.5 ** torch.arange(self.components, dtype=torch.float64)
+        self.log_weights = torch.log(w / w.sum()).repeat(self.classes)  # [K], class-major like the components
+        self.settings["weights"] = "geometric-1/2"
+
+    def _component_logp(self, xf: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logp, p, da = super()._component_logp(xf, a)
+        return logp + self.log_weights.to(xf.device), p, da
+
+
+class FlowMixtureDenoiser:
+    """Exact flow-matching denoiser of a mixture: ``D_flow(x, s) = D_VE(x / (1-s), s / (1-s))`` (``s`` clamped to
+    ``1 - 1e-6``: at ``s = 1`` the state holds no signal, and the VE sigma would be infinite)."""
+
+    def __init__(self, ve: GaussianMixtureDenoiser) -> None:
+        self.ve = ve
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        s = torch.as_tensor(sigma, device=x.device).to(torch.float64).reshape(-1).expand(x.shape[0])
+        s = s.clamp(max=1.0 - 1e-6)
+        scale = (1.0 - s).reshape(-1, *([1] * (x.ndim - 1)))
+        return self.ve(x.to(torch.float64) / scale, s / (1.0 - s), cond).to(x.dtype)
+
+
+def _mixture_problem(name: str, den: Callable[..., torch.Tensor], settings: dict[str, Any], schedule: Any,
+                     shape: tuple[int, int, int], classes: int, cfg: float, description: str) -> DistillProblem:
+    def conditions(indices: list[int]) -> dict[str, torch.Tensor]:
+        return {"cond": torch.tensor([i % classes for i in indices], dtype=torch.long)}
+
+    return DistillProblem(denoiser=den, schedule=schedule, latent_shape=shape, conditions=conditions,
+                          identity={"family": f"bench-{name}", **settings, "schedule": schedule.describe()},
+                          name=name, cfg=cfg, description=description)
+
+
+def hard_problem() -> DistillProblem:
+    den = WeightedMixtureDenoiser(channels=4, size=16, classes=12, components=4, cfg=7.5, seed=7)
+    return _mixture_problem("hard", den, den.settings, DiscreteVPSchedule.sd_linear(), (4, 16, 16), 12, 7.5,
+                            "mixture 4x16x16, 12 classes x 4 unequal components, CFG 7.5, SD1.5 schedule")
+
+
+def flow_problem() -> DistillProblem:
+    ve = GaussianMixtureDenoiser(channels=4, size=8, classes=6, components=3, cfg=5.0, seed=11)
+    return _mixture_problem("flow", FlowMixtureDenoiser(ve), {**ve.settings, "flow": True}, FlowSchedule(shift=3.0),
+                            (4, 8, 8), 6, 5.0, "flow matching, mixture 4x8x8, 6 classes x 3, CFG 5, shift 3")
+
+
+TEACHERS: dict[str, Callable[[], DistillProblem]] = {
+    "demo": make_demo_problem,
+    "hard": hard_problem,
+    "flow": flow_problem,
+    "tiny": lambda: make_demo_problem(channels=2, size=8, classes=3, upscale=2),
+}
+
+#: Bench settings: name -> (DistillConfig overrides of the paper recipe as a function of the iteration count).
+SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "paper": lambda iters: {},
+    "cosine": lambda iters: {"lr_schedule": "cosine"},
+    "warmup5%+cosine": lambda iters: {"lr_schedule": "cosine", "lr_warmup": max(1, iters // 20)},
+    "ema 0.95": lambda iters: {"ema": 0.95},
+    "logsnr init": lambda iters: {"time_init": "logsnr"},
+    "clip off": lambda iters: {"grad_clip": 0.0},
+    "lr 2e-3": lambda iters: {"lr": 2e-3},
+    "ema 0.95+lr 2e-3+cosine": lambda iters: {"ema": 0.95, "lr": 2e-3, "lr_schedule": "cosine"},
+}
+
+
+@dataclass
+class RunResult:
+    """One trained solver: its held-out L1 against the exact ODE, its curve and its cost."""
+
+    teacher: str
+    setting: str
+    nfe: int
+    seed: int
+    heldout_l1: float
+    teacher_seconds: float
+    train_seconds: float
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def stable(self) -> bool:
+        """The held-out L1 at the end is at most 2% above its value at 80% of training."""
+        last_step = self.curve[-1][0]
+        before = [v for s, v in self.curve if s <= (1 - STABLE_TAIL) * last_step]
+        return self.curve[-1][1] <= (1 + STABLE_TOLERANCE) * before[-1]
+
+
+@torch.no_grad()
+def exact_solution(problem: DistillProblem, noise: torch.Tensor, cond: dict[str, Any], t_eps: float,
+                   steps: int) -> torch.Tensor:
+    """The probability-flow ODE's end state from ``noise``: DPM-Solver++(3M) on ``steps`` log-SNR-uniform sigmas in
+    float64, between the trainer's first and last sigma."""
+    s0, s_end = end_sigmas(problem, t_eps)
+    sigmas = logsnr_grid(problem.schedule, s0, s_end, steps)
+    x = problem.schedule.initial_state(noise.to(torch.float64), s0)
+    return sample_gas(problem.denoiser, x, sigmas, extra_args=cond, disable=True, schedule=problem.schedule).float()
+
+
+def run_config(root: Path, teacher: str, setting: str, nfe: int, seed: int, args: argparse.Namespace) -> DistillConfig:
+    overrides = SETTINGS[setting](args.iters)
+    return DistillConfig.from_recipe(
+        "paper", **{
+            "nfe": nfe, "mode": "gs", "seed": seed, "iters": args.iters, "train_size": args.train_size,
+            "val_size": args.val_size, "eval_every": max(1, args.iters // 10), "ckpt_every": args.iters,
+            "log_every": args.iters, "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0,
+            "overwrite": True, "name": f"{teacher}-{list(SETTINGS).index(setting)}-s{seed}",
+            "out_dir": str(root / "out"), "cache_dir": str(root / "cache"), "run_dir": str(root / "runs"),
+            **overrides,
+        })
+
+
+def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResult], None] | None = None
+              ) -> list[RunResult]:
+    """Every (teacher, setting, NFE, seed) of ``args``; teacher samples are generated once per (teacher, seed)."""
+    results: list[RunResult] = []
+    for teacher in args.teachers:
+        problem = TEACHERS[teacher]()
+        idx = list(range(HELDOUT_START, HELDOUT_START + args.heldout))
+        noise = sample_noise(idx, problem.latent_shape, 0)
+        cond = problem.conditions(idx)
+        exact = exact_solution(problem, noise, cond, DistillConfig().t_eps, args.exact_steps)
+        s0 = end_sigmas(problem, DistillConfig().t_eps)[0]
+        no_amp = resolve_amp("off", problem.device)
+        for seed in range(args.seeds):
+            base = run_config(root, teacher, "paper", args.nfe[0], seed, args)
+            t0 = time.perf_counter()
+            load_teacher(problem, base, no_amp, progress=False)
+            teacher_s = time.perf_counter() - t0
+            for setting in args.settings:
+                for nfe in args.nfe:
+                    curve: list[tuple[int, float]] = []
+
+                    def collect(step: int, stats: dict[str, float], curve: list = curve) -> None:
+                        if "val_l1" in stats:
+                            curve.append((step, stats["val_l1"]))
+
+                    cfg = run_config(root, teacher, setting, nfe, seed, args)
+                    res = distill(problem, cfg, progress=False, callback=collect)
+                    curve.append((cfg.iters, float(res.scores["methods"][res.label]["l1"])))
+                    out = sample_solver(problem, res.solver, idx, noise, s0, autocast=no_amp, batch=64)
+                    l1 = float((out - exact).abs().mean())
+                    r = RunResult(teacher, setting, nfe, seed, l1, teacher_s, res.train_seconds, curve)
+                    results.append(r)
+                    if on_result is not None:
+                        on_result(r)
+    return results
+
+
+def summary_rows(results: list[RunResult], nfes: list[int]) -> list[dict[str, Any]]:
+    """Per (teacher, setting): mean / worst-seed L1 per NFE, mean wall seconds per NFE, stable over every run."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        row = rows.setdefault((r.teacher, r.setting), {"teacher": r.teacher, "setting": r.setting, "stable": True})
+        row.setdefault(r.nfe, []).append(r)
+        row["stable"] = row["stable"] and r.stable
+    teachers = list(dict.fromkeys(r.teacher for r in results))
+    order = list(SETTINGS)
+    out = []
+    for _, row in sorted(rows.items(), key=lambda kv: (teachers.index(kv[0][0]), order.index(kv[0][1])
+                                                       if kv[0][1] in order else len(order))):
+        for nfe in nfes:
+            runs = row.pop(nfe, [])
+            row[f"mean{nfe}"] = sum(r.heldout_l1 for r in runs) / len(runs) if runs else math.nan
+            row[f"worst{nfe}"] = max((r.heldout_l1 for r in runs), default=math.nan)
+            row[f"wall{nfe}"] = (sum(r.teacher_seconds + r.train_seconds for r in runs) / len(runs) if runs
+                                 else math.nan)
+        out.append(row)
+    return out
+
+
+def format_table(results: list[RunResult], nfes: list[int]) -> str:
+    """The markdown ablation table (change against the same teacher's paper row in parentheses)."""
+    rows = summary_rows(results, nfes)
+    paper = {r["teacher"]: r for r in rows if r["setting"] == "paper"}
+    head = "| teacher | setting | " + " | ".join(
+        f"NFE {n} mean L1 | NFE {n} worst | NFE {n} wall s" for n in nfes) + " | stable |"
+    lines = [head, "|---|---|" + "---:|---:|---:|" * len(nfes) + "---|"]
+    for row in rows:
+        cells = []
+        for n in nfes:
+            ref = paper.get(row["teacher"], {}).get(f"mean{n}")
+            rel = "" if ref is None or row["setting"] == "paper" else f" ({100 * (row[f'mean{n}'] / ref - 1):+.0f}%)"
+            cells += [f"{row[f'mean{n}']:.4f}{rel}", f"{row[f'worst{n}']:.4f}", f"{row[f'wall{n}']:.1f}"]
+        lines.append(f"| {row['teacher']} | {row['setting']} | " + " | ".join(cells)
+                     + f" | {'yes' if row['stable'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def draw_curves(results: list[RunResult], path: Path) -> None:
+    """PNG of the held-out L1 (log scale, mean over seeds) over iterations: one panel per (teacher, NFE), one line
+    per setting (Pillow; no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    panels = sorted({(r.teacher, r.nfe) for r in results})
+    settings = list(dict.fromkeys(r.setting for r in results))
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    pw, ph, pad = 420, 300, 50
+    cols = min(len(panels), 2)
+    rows_n = math.ceil(len(panels) / cols)
+    img = Image.new("RGB", (cols * pw, rows_n * ph + 20 * len(settings) + 10), "white")
+    draw = ImageDraw.Draw(img)
+    for k, (teacher, nfe) in enumerate(panels):
+        ox, oy = (k % cols) * pw, (k // cols) * ph
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for s in settings:
+            runs = [r.curve for r in results if (r.teacher, r.nfe, r.setting) == (teacher, nfe, s)]
+            if runs:
+                curves[s] = [(runs[0][i][0], sum(c[i][1] for c in runs) / len(runs)) for i in range(len(runs[0]))]
+        pts = [p for c in curves.values() for p in c[1:]]  # skip iteration 1 (untrained) for the axis range
+        if not pts:
+            continue
+        x_max = max(p[0] for p in pts)
+        lo, hi = math.log10(min(p[1] for p in pts)), math.log10(max(p[1] for p in pts))
+        hi = hi if hi > lo else lo + 1e-3
+
+        def to_px(step: int, val: float, ox: int = ox, oy: int = oy, x_max: int = x_max, lo: float = lo,
+                  hi: float = hi) -> tuple[float, float]:
+            y = (min(max(math.log10(val), lo), hi) - lo) / (hi - lo)
+            return ox + pad + (pw - 1.5 * pad) * step / x_max, oy + ph - pad - (ph - 1.8 * pad) * y
+
+        draw.rectangle([ox + pad, oy + 0.8 * pad, ox + pw - 0.5 * pad, oy + ph - pad], outline="black")
+        draw.text((ox + pad, oy + 10), f"{teacher}, NFE {nfe}: held-out L1 (log) vs iteration", fill="black")
+        draw.text((ox + 4, oy + 0.8 * pad), f"{10 ** hi:.3g}", fill="black")
+        draw.text((ox + 4, oy + ph - pad - 10), f"{10 ** lo:.3g}", fill="black")
+        draw.text((ox + pw - pad, oy + ph - pad + 5), str(x_max), fill="black")
+        for j, s in enumerate(settings):
+            if s in curves and len(curves[s]) > 2:
+                draw.line([to_px(*p) for p in curves[s][1:]], fill=colours[j % len(colours)], width=2)
+    for j, s in enumerate(settings):
+        y = rows_n * ph + 5 + 20 * j
+        draw.line([(10, y + 7), (40, y + 7)], fill=colours[j % len(colours)], width=3)
+        draw.text((48, y), s, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def load_results(paths: list[Path]) -> list[RunResult]:
+    """The runs saved by ``--json`` (JSON lines), in file order."""
+    names = set(RunResult.__dataclass_fields__)
+    out = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                data = json.loads(line)
+                data["curve"] = [tuple(p) for p in data["curve"]]
+                out.append(RunResult(**{k: v for k, v in data.items() if k in names}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[RunResult]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teachers", default="demo,hard,flow", help=f"comma-separated, of {', '.join(TEACHERS)}")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    ap.add_argument("--nfe", type=int, nargs="+", default=[4, 6])
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1")
+    ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--train-size", type=int, default=400)
+    ap.add_argument("--val-size", type=int, default=64, help="the trainer's held-out set (curves, stability)")
+    ap.add_argument("--heldout", type=int, default=128, help="bench held-out samples scored against the exact ODE")
+    ap.add_argument("--exact-steps", type=int, default=512)
+    ap.add_argument("--png", type=Path, default=None, help="write the held-out L1 curves here")
+    ap.add_argument("--json", type=Path, default=None, help="write every run's numbers here (JSON lines)")
+    ap.add_argument("--load", type=Path, nargs="+", default=None,
+                    help="train nothing: print the table (and --png) of runs saved with --json")
+    args = ap.parse_args(argv)
+    args.teachers = [t for t in args.teachers.split(",") if t]
+    args.settings = [s for s in args.settings.split(",") if s]
+    for name, known in (("teacher", TEACHERS), ("setting", SETTINGS)):
+        for value in getattr(args, f"{name}s"):
+            if value not in known:
+                ap.error(f"unknown {name} {value!r}; known: {', '.join(known)}")
+    logging.getLogger("trainer").setLevel(logging.WARNING)
+    if args.load is not None:
+        results = load_results(args.load)
+        print(format_table(results, sorted({r.nfe for r in results})))
+        if args.png is not None:
+            draw_curves(results, args.png)
+        return results
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; iters {args.iters}, batch 4, train "
+          f"{args.train_size}, held-out {args.heldout} vs exact ODE ({args.exact_steps} steps), seeds {args.seeds}",
+          flush=True)
+
+    def report(r: RunResult) -> None:
+        print(f"  {r.teacher} | {r.setting} | NFE {r.nfe} | seed {r.seed} | L1 {r.heldout_l1:.4f} | teacher "
+              f"{r.teacher_seconds:.1f}s train {r.train_seconds:.1f}s | stable {r.stable}", flush=True)
+        if args.json is not None:
+            with args.json.open("a") as fh:
+                fh.write(json.dumps({**r.__dict__, "stable": r.stable}) + "\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run_bench(args, Path(tmp), on_result=report)
+    print(format_table(results, args.nfe))
+    if args.png is not None:
+        draw_curves(results, args.png)
+        print(f"curves written to {args.png}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The recipe levers (trainer/schedule.py, DistillConfig's recipe settings) and the recipe bench (benchmarks/recipe.py):
+every setting does what its documentation says, the paper recipe is today's defaults, and the bench runs end to end
+on a tiny teacher."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import trainer.steps
+from benchmarks import recipe as bench
+from gas import GeneralizedSolver
+from tests.trainer_helpers import tiny_config, tiny_problem
+from trainer import cli
+from trainer.config import RECIPES, DistillConfig
+from trainer.distill import distill
+from trainer.errors import ConfigError, ResumeError, TrainingInterruptedError
+from trainer.gits import logsnr_grid
+from trainer.run_state import RunState
+from trainer.schedule import initial_times, learning_rate, set_initial_times
+from trainer.teacher import end_sigmas
+
+
+def test_paper_recipe_is_todays_defaults():
+    assert DistillConfig.from_recipe("paper") == DistillConfig()
+    for key, value in RECIPES["paper"].items():
+        assert getattr(DistillConfig(), key) == value, key
+    assert DistillConfig.from_recipe("paper", lr=2e-3).lr == 2e-3
+    with pytest.raises(ConfigError, match="recipe must be one of paper"):
+        DistillConfig.from_recipe("fast")
+
+
+def test_cli_recipe_and_lever_options():
+    base = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x.safetensors"]))
+    paper = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "paper"]))
+    assert paper == base
+    assert (base.lr_schedule, base.lr_warmup, base.time_init) == ("constant", 0, "uniform")
+    args = cli.build_parser().parse_args(["--ckpt", "x", "--lr-schedule", "cosine", "--lr-warmup", "25",
+                                          "--time-init", "logsnr"])
+    cfg = cli.config_from_args(args)
+    assert (cfg.lr_schedule, cfg.lr_warmup, cfg.time_init) == ("cosine", 25, "logsnr")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"lr_schedule": "step"}, "lr_schedule must be one of constant, cosine"),
+    ({"lr_warmup": 2000}, "lr_warmup must be an integer from 0 to iters - 1"),
+    ({"lr_warmup": -1}, "lr_warmup must be"),
+    ({"time_init": "gits"}, "time_init must be one of uniform, logsnr"),
+])
+def test_bad_lever_values_are_one_sentence(change, message):
+    with pytest.raises(ConfigError, match=message):
+        DistillConfig(**change).validate()
+
+
+def test_learning_rate_schedules():
+    const = DistillConfig(iters=100)
+    assert all(learning_rate(const, n) == const.lr for n in range(1, 101))  # exactly lr: the paper's runs unchanged
+    cos = DistillConfig(iters=100, lr=1e-3, lr_schedule="cosine")
+    assert learning_rate(cos, 1) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 100)))
+    assert learning_rate(cos, 50) == pytest.approx(0.5e-3)
+    assert learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-18)
+    warm = DistillConfig(iters=100, lr=1e-3, lr_schedule="cosine", lr_warmup=10)
+    assert [learning_rate(warm, n) for n in (1, 5, 10)] == pytest.approx([1e-4, 5e-4, 1e-3])
+    assert learning_rate(warm, 55) == pytest.approx(0.5e-3)  # half-way through the 90 decay iterations
+    lrs = [learning_rate(warm, n) for n in range(10, 101)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert learning_rate(DistillConfig(iters=100, lr_warmup=4), 2) == pytest.approx(0.5e-3)  # warm-up, then constant
+    assert learning_rate(DistillConfig(iters=100, lr_warmup=4), 5) == 1e-3
+
+
+def test_the_optimiser_steps_at_the_scheduled_learning_rate(tmp_path, monkeypatch):
+    seen: list[tuple[int, float]] = []
+    real = trainer.steps.learning_rate
+
+    def record(config, step):
+        value = real(config, step)
+        seen.append((step, value))
+        return value
+
+    monkeypatch.setattr(trainer.steps, "learning_rate", record)
+    cfg = tiny_config(tmp_path / "cos", iters=4, lr_schedule="cosine", report=False)
+    cosine = distill(tiny_problem(), cfg, progress=False)
+    assert [s for s, _ in seen] == [1, 2, 3, 4]
+    assert [v for _, v in seen] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(1, 5)])
+    constant = distill(tiny_problem(), tiny_config(tmp_path / "const", iters=4, report=False), progress=False)
+    assert not torch.equal(cosine.solver.a, constant.solver.a)
+
+
+def test_cosine_resume_is_exact(tmp_path):
+    kw = {"iters": 10, "ckpt_every": 100, "lr_schedule": "cosine", "lr_warmup": 3, "report": False}
+    whole = distill(tiny_problem(), tiny_config(tmp_path / "a", **kw), progress=False)
+    split = tiny_config(tmp_path / "b", **kw)
+    steps: list[int] = []
+    with pytest.raises(TrainingInterruptedError):
+        distill(tiny_problem(), split, progress=False, callback=lambda step, _: steps.append(step),
+                should_stop=lambda: len(steps) >= 4)
+    split.resume = True
+    resumed = distill(tiny_problem(), split, progress=False)
+    a, b = load_file(str(whole.solver_path)), load_file(str(resumed.solver_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_another_schedule(tmp_path):
+    cfg = tiny_config(tmp_path, iters=10, ckpt_every=100, report=False)
+    steps: list[int] = []
+    with pytest.raises(TrainingInterruptedError):
+        distill(tiny_problem(), cfg, progress=False, callback=lambda step, _: steps.append(step),
+                should_stop=lambda: len(steps) >= 2)
+    with pytest.raises(ResumeError, match="lr_schedule='constant' but this run has lr_schedule='cosine'"):
+        distill(tiny_problem(), tiny_config(tmp_path, iters=10, resume=True, lr_schedule="cosine"), progress=False)
+
+
+def test_logsnr_time_init_starts_on_the_logsnr_grid(tmp_path):
+    problem = tiny_problem()
+    for nfe in (1, 4, 6):
+        uniform = GeneralizedSolver(nfe, schedule=problem.schedule)
+        untouched = GeneralizedSolver(nfe, schedule=problem.schedule)
+        set_initial_times(untouched, problem.schedule, "uniform")
+        assert torch.equal(untouched.mu_logit, uniform.mu_logit)
+        assert torch.allclose(uniform.times(), initial_times(nfe, 1e-3, problem.schedule, "uniform"), atol=1e-6)
+        run = RunState(problem, tiny_config(tmp_path, nfe=nfe, time_init="logsnr"))
+        s0, s_end = end_sigmas(problem, 1e-3)
+        want = logsnr_grid(problem.schedule, s0, s_end, nfe)
+        got = run.solver.sigmas(problem.schedule).detach()
+        assert torch.allclose(got, want, rtol=1e-4), (got, want)
+        if nfe > 2:
+            assert not torch.allclose(got, uniform.sigmas(problem.schedule).detach(), rtol=1e-2)
+
+
+def test_flow_teacher_is_the_exact_mixture_denoiser():
+    """``D_flow(x, s)`` is the posterior mean of ``x0`` for ``x = (1-s) x0 + s eps``: equal to the VE denoiser's at
+    ``x / (1-s)``, sigma ``s/(1-s)``; at small ``s`` it returns (almost) ``x`` itself."""
+    den = bench.flow_problem().denoiser
+    x = torch.randn(3, 4, 8, 8)
+    s = torch.tensor([0.5, 0.2, 1e-4], dtype=torch.float64)
+    ve = den.ve(x.double() / (1 - s).reshape(-1, 1, 1, 1), s / (1 - s), torch.tensor([0, 1, 2])).float()
+    assert torch.allclose(den(x, s, torch.tensor([0, 1, 2])), ve)
+    assert torch.isfinite(den(x, torch.ones(3), torch.tensor([0, 1, 2]))).all()  # s = 1: no signal, no inf
+
+
+def test_the_bench_runs_end_to_end_on_a_tiny_teacher(tmp_path, capsys):
+    png, log = tmp_path / "curves.png", tmp_path / "runs.jsonl"
+    results = bench.main(["--teachers", "tiny", "--settings", "paper,warmup5%+cosine", "--nfe", "2", "3",
+                          "--seeds", "2", "--iters", "10", "--train-size", "8", "--val-size", "8", "--heldout", "8",
+                          "--exact-steps", "32", "--png", str(png), "--json", str(log)])
+    out = capsys.readouterr().out
+    assert len(results) == 2 * 2 * 2
+    assert all(math.isfinite(r.heldout_l1) and r.heldout_l1 > 0 and r.train_seconds > 0 for r in results)
+    assert all([s for s, _ in r.curve] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] for r in results)
+    assert "| tiny | paper |" in out and "| tiny | warmup5%+cosine |" in out
+    assert png.stat().st_size > 1000
+    from PIL import Image
+    assert Image.open(png).size[0] == 2 * 420
+    reloaded = bench.load_results([log])
+    assert [(r.setting, r.nfe, r.seed, r.heldout_l1) for r in reloaded] == [
+        (r.setting, r.nfe, r.seed, r.heldout_l1) for r in results]
+    assert bench.format_table(reloaded, [2, 3]) in out
+
+
+def test_stability_rule():
+    run = bench.RunResult("t", "s", 4, 0, 0.1, 0.0, 1.0, [(1, 1.0), (50, 0.2), (80, 0.100), (100, 0.102)])
+    assert run.stable
+    run.curve[-1] = (100, 0.1021)
+    assert not run.stable
