@@ -107,6 +107,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         f"real-ComfyUI tests ({ENV_VAR}={where}): {counts['passed'] + counts['failed']} ran "
         f"({counts['passed']} passed, {counts['failed']} failed), {counts['skipped']} skipped"
     )
+    per_file: dict[str, dict[str, int]] = {}
+    for nodeid, outcome in outcomes.items():
+        tally = per_file.setdefault(nodeid.split("::", 1)[0], {"passed": 0, "failed": 0, "skipped": 0})
+        tally[outcome] = tally.get(outcome, 0) + 1
+    for name, tally in sorted(per_file.items()):
+        terminalreporter.write_line(f"  {name}: {tally['passed']} passed, {tally['failed']} failed, "
+                                    f"{tally['skipped']} skipped")
     if _required():
         problems = _problems(outcomes)
         for line in problems:
