@@ -223,8 +223,9 @@ def compatibility(solver: core.GeneralizedSolver, name: str, info: comfy_bridge.
                        "use a solver trained for this model family")
     trained_prediction = recorded.get("prediction")
     if trained_prediction and trained_prediction != info.prediction:
-        return Verdict(f"GAS solver '{name}' was trained for a {trained_prediction}-prediction model, but this model "
-                       f"predicts {info.prediction}; use a solver trained for this model")
+        article = "an" if str(trained_prediction)[:1].lower() in "aeiou" else "a"
+        return Verdict(f"GAS solver '{name}' was trained for {article} {trained_prediction}-prediction model, but this "
+                       f"model predicts {info.prediction}; use a solver trained for this model")
     warnings = []
     trained_print, model_print = recorded.get("fingerprint"), identity.get("fingerprint")
     same_scheme = str(trained_print).split("-")[0] == str(model_print).split("-")[0]  # older files: another hash

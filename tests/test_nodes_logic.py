@@ -195,7 +195,7 @@ def test_compatible_solver() -> None:
     (trained(), sd15_info(), {"family": "SDXL", "prediction": "eps"},
      "was trained for SD15 models, but this is a SDXL model"),
     (trained(), sd15_info(prediction="v"), {"family": "SD15", "prediction": "v"},
-     "was trained for a eps-prediction model, but this model predicts v"),
+     "was trained for an eps-prediction model, but this model predicts v"),
     (trained(), sd15_info(learned_ok=False, reason="this model uses a zero-terminal-SNR schedule (zsnr)"), SD15_ID,
      "cannot run on SD15 (eps prediction, discrete VP, linear betas 0.00085..0.012, T=1000): this model uses a "
      "zero-terminal-SNR schedule (zsnr); choose '(none) DPM-Solver++(3M)'"),
