@@ -166,3 +166,22 @@ def test_stability_rule():
     assert run.stable
     run.curve[-1] = (100, 0.1021)
     assert not run.stable
+
+
+def test_a_recipe_sets_what_the_command_line_leaves_out(monkeypatch):
+    """The options start from the chosen recipe: an option not given takes the recipe's value, one given wins."""
+    from trainer import cli, config
+
+    recipe = {"lr": 2e-3, "batch": 8, "ema": 0.95, "lr_schedule": "cosine", "grad_clip": 0.5}
+    monkeypatch.setitem(config.RECIPES, "other", recipe)
+    parser = cli.build_parser()
+    for action in parser._actions:  # the choices were read when the parser was built
+        if action.dest == "recipe":
+            action.choices = tuple(config.RECIPES)
+    args = parser.parse_args(["--demo", "--recipe", "other", "--batch", "16"])
+    built = cli.config_from_args(args, demo=True)
+    assert (built.lr, built.ema, built.lr_schedule, built.grad_clip) == (2e-3, 0.95, "cosine", 0.5)
+    assert built.batch == 16
+    paper = cli.config_from_args(parser.parse_args(["--demo"]), demo=True)
+    assert (paper.lr, paper.batch, paper.ema) == (config.DistillConfig().lr, config.DistillConfig().batch,
+                                                 config.DistillConfig().ema)

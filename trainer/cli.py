@@ -122,26 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"teacher samples for training (default: {_D.train_size}{demo('train_size')})")
     data.add_argument("--val-size", type=int, default=None,
                       help=f"held-out samples for evaluation (default: {_D.val_size}{demo('val_size')})")
-    data.add_argument("--batch", type=int, default=_D.batch,
-                      help="global batch size (under torchrun split evenly over the processes)")
+    data.add_argument("--batch", type=int, default=None,
+                      help=f"global batch size, split evenly over the processes under torchrun (default: {_D.batch})")
     data.add_argument("--iters", type=int, default=None,
                       help=f"training iterations (default: {_D.iters}{demo('iters')})")
-    data.add_argument("--lr", type=float, default=_D.lr, help="Adam learning rate of the solver")
-    data.add_argument("--grad-clip", type=float, default=_D.grad_clip, help="gradient-norm clip (0 = off)")
-    data.add_argument("--ema", type=float, default=_D.ema, help="EMA decay of the solver parameters")
-    data.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_D.lr_schedule,
-                      help="solver learning rate over the iterations (cosine: decay to 0 at --iters)")
-    data.add_argument("--lr-warmup", type=int, default=_D.lr_warmup, help="iterations of linear lr warm-up")
-    data.add_argument("--time-init", choices=TIME_INITS, default=_D.time_init,
-                      help="initial solver timesteps: uniform in GAS time, or uniform in log-SNR")
-    data.add_argument("--loss", choices=("l1", "lpips"), default=_D.loss,
-                      help="distillation loss: L1 on latents, or LPIPS-VGG on decoded images (needs the VGG weights)")
+    data.add_argument("--lr", type=float, default=None, help=f"Adam learning rate of the solver (default: {_D.lr:g})")
+    data.add_argument("--grad-clip", type=float, default=None,
+                      help=f"gradient-norm clip, 0 = off (default: {_D.grad_clip:g})")
+    data.add_argument("--ema", type=float, default=None,
+                      help=f"EMA decay of the solver parameters (default: {_D.ema:g})")
+    data.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                      help=f"solver learning rate over the iterations; cosine decays to 0 at --iters "
+                           f"(default: {_D.lr_schedule})")
+    data.add_argument("--lr-warmup", type=int, default=None,
+                      help=f"iterations of linear lr warm-up (default: {_D.lr_warmup})")
+    data.add_argument("--time-init", choices=TIME_INITS, default=None,
+                      help=f"initial solver timesteps: uniform in GAS time, or uniform in log-SNR "
+                           f"(default: {_D.time_init})")
+    data.add_argument("--loss", choices=("l1", "lpips"), default=None,
+                      help=f"distillation loss: L1 on latents, or LPIPS-VGG on decoded images (needs the VGG "
+                           f"weights) (default: {_D.loss})")
     adv = p.add_argument_group("adversarial (--mode gas)")
     adv.add_argument("--disc-lr", type=float, default=None,
                      help=f"Adam learning rate of the discriminator (default: {_D.disc_lr:g}{demo('disc_lr')})")
     adv.add_argument("--disc-weight", type=float, default=None,
                      help=f"weight of the adversarial loss (default: {_D.disc_weight:g}{demo('disc_weight')})")
-    adv.add_argument("--r1-gamma", type=float, default=_D.r1_gamma, help="gamma of the R1 + R2 penalties")
+    adv.add_argument("--r1-gamma", type=float, default=None,
+                     help=f"gamma of the R1 + R2 penalties (default: {_D.r1_gamma:g})")
     adv.add_argument("--disc-size", choices=tuple(DISC_PRESETS), default=None,
                      help=f"discriminator size: paper = R3GAN latent (22.4 M parameters at 4x64x64), small = for "
                           f"tests and demos (default: {_D.disc_preset}{demo('disc_preset')})")
@@ -249,10 +256,12 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
     return DistillConfig.from_recipe(
         args.recipe, nfe=args.nfe[0], mode=args.mode or "gas", seed=args.seed,
         train_size=pick(args.train_size, "train_size"), val_size=pick(args.val_size, "val_size"),
-        batch=args.batch, iters=pick(args.iters, "iters"), lr=args.lr, grad_clip=args.grad_clip, ema=args.ema,
-        lr_schedule=args.lr_schedule, lr_warmup=args.lr_warmup, time_init=args.time_init,
-        loss=args.loss, disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
-        r1_gamma=args.r1_gamma, disc_preset=pick(args.disc_size, "disc_preset"), teacher=args.teacher,
+        batch=pick(args.batch, "batch"), iters=pick(args.iters, "iters"), lr=pick(args.lr, "lr"),
+        grad_clip=pick(args.grad_clip, "grad_clip"), ema=pick(args.ema, "ema"),
+        lr_schedule=pick(args.lr_schedule, "lr_schedule"), lr_warmup=pick(args.lr_warmup, "lr_warmup"),
+        time_init=pick(args.time_init, "time_init"), loss=pick(args.loss, "loss"),
+        disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
+        r1_gamma=pick(args.r1_gamma, "r1_gamma"), disc_preset=pick(args.disc_size, "disc_preset"), teacher=args.teacher,
         teacher_steps=args.teacher_steps, teacher_order=args.teacher_order, teacher_batch=args.teacher_batch,
         grad_checkpoint=not args.no_grad_checkpoint, amp=args.amp, out_dir=args.out, cache_dir=args.cache_dir,
         run_dir=args.run_dir, name=args.name, overwrite=args.overwrite, resume=args.resume,
