@@ -362,13 +362,13 @@ def describe_solver(solver: core.GeneralizedSolver | None, name: str) -> str:
     else:
         lines.append("held-out scores: (not recorded)")
     if solver.schedule is not None:
-        lines.append(f"learned sigmas: {core.grid_fit.format_values(solver.sigmas().tolist(), limit=17)}")
+        lines.append(f"learned sigmas: {core.format_values(solver.sigmas().tolist(), limit=17)}")
     with torch.no_grad():
         shifts = solver.t_couple.detach().double().tolist()
         used = solver.used_mask()
         a_max = float(solver.a.detach().abs()[used].max()) if used.any() else 0.0
         c_max = float(solver.c.detach().abs()[used].max()) if used.any() else 0.0
-    lines.append(f"decoupled time shifts: {core.grid_fit.format_values(shifts, limit=17)}")
+    lines.append(f"decoupled time shifts: {core.format_values(shifts, limit=17)}")
     lines.append(f"largest correction: |a| {a_max:.3g}, |c| {c_max:.3g}")
     extra = sorted(set(meta) - {"model", "cfg", "mode", "teacher", "loss", "iterations", "created", "pack_version",
                                 "scores", "grid_sigmas"})

@@ -8,8 +8,9 @@ learned solver needs around :func:`gas.sample_gas`:
    behind the guider), checked against the solver file: a mismatch raises :class:`GASNodeError` (one sentence)
    before any network call; a different cfg, distilled guidance (Flux dev), flow shift or checkpoint is logged as a
    warning;
-2. the sigmas checked against the solver's grid by :func:`gas.sigma_fit` (a tail of it is img2img, integrated
-   without the corrections; the core's :class:`gas.SigmasTailWarning` is filtered by class, the node logs its own);
+2. the sigmas located in the solver file's grids (:mod:`solver_choice`): the whole grid of an NFE it holds runs
+   that learned solver; any other run of one of its grids (an img2img tail, KSamplerAdvanced's start/end steps, a
+   resampled grid) runs as DPM-Solver++(3M) on those sigmas, logged; sigmas from no grid are refused;
 3. for discrete-schedule (SD) models, the float-timestep wrapper in a *copy* of ``extra_args["model_options"]``,
    so the network sees ``1000*t - 1`` of each GAS time instead of ComfyUI's rounded integer timestep.
 """
@@ -89,7 +90,6 @@ def _check_solver(spec: SamplerSpec, info: comfy_bridge.SamplingInfo, base: Any,
         raise GASNodeError(verdict.error)
     for message in verdict.warnings:
         log.warning("[GAS] %s", message)
-    logic.check_sigmas(sigmas, solver, schedule, spec.name)  # pick_for_sigmas chose the full grid; a guard
     for message in (logic.cfg_warning(solver, spec.name, _guider_cfg(guider)),
                     logic.guidance_warning(solver, spec.name, _guider_guidance(guider)),
                     logic.shift_warning(solver, spec.name, info)):

@@ -75,18 +75,16 @@ def grid_sigmas(solvers: Any, schedule: core.NoiseSchedule, steps: int, denoise:
 
 
 def _mismatch(solvers: Any, sigmas: torch.Tensor, schedule: core.NoiseSchedule, name: str, stock: bool) -> str:
+    """Why ``sigmas`` fit no grid of the file: the stock path's sentence, or the core's reason against the nearest
+    NFE's grid (raised by :func:`logic.check_sigmas`)."""
     given = sigmas.detach().cpu().tolist()
     if stock:
         return (f"The sigmas ({len(given) - 1} steps: {core.format_values(given, limit=6)}) are not a grid of "
                 f"GAS solver '{name}' patched onto this model; "
                 "choose scheduler 'gas' in the KSampler (or in BasicScheduler), or remove GAS Model Patch to use "
                 "sampler 'gas' as DPM-Solver++(3M) with any scheduler")
-    nearest = solvers.nearest(max(1, len(given) - 1))
-    grid = nearest.sigmas(schedule).detach().to(torch.float64)
-    fit = core.fit_to_grid(given, grid)
-    if fit.fits:  # cannot happen for sigmas no grid of the set holds; a sentence all the same
-        return f"These sigmas do not fit GAS solver '{name}'; {logic.SIGMAS_FIX}"
-    return fit.message(logic.solver_label(name), logic.SIGMAS_FIX)
+    logic.check_sigmas(sigmas, solvers.nearest(max(1, len(given) - 1)), schedule, name)  # raises the core's reason
+    return f"These sigmas do not fit GAS solver '{name}'; {logic.SIGMAS_FIX}"  # (no grid holds them: not reached)
 
 
 def pick_for_sigmas(solvers: Any, sigmas: torch.Tensor, schedule: core.NoiseSchedule, name: str, *,
