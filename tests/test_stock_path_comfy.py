@@ -13,18 +13,17 @@ import itertools
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import gas
 from tests.helpers.comfy_env import ComfyServer, require_comfyui
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.solvers import write_solver
-from tests.helpers.tiny_checkpoints import write_tiny_sd15
+from tests.helpers.tiny_checkpoints import TINY_TIME_EMBED_LORA_LAYERS, write_tiny_lora, write_tiny_sd15
 from tests.test_nodes_comfy_server import expect_execution_error
 
 PACK_NAME = "ComfyUI-GAS"
@@ -37,15 +36,6 @@ SEED, CFG = 11, 7.5
 TOL = 1e-5
 ENV = {"OMP_NUM_THREADS": "1"}
 _ids = itertools.count()
-
-
-def write_lora(path: Path) -> Path:
-    """A rank-4 LoRA on the tiny UNet's first time-embedding layer (ComfyUI's ``lora_unet_*`` key format)."""
-    gen = torch.Generator().manual_seed(7)
-    save_file({"lora_unet_time_embed_0.lora_down.weight": 0.3 * torch.randn(4, 320, generator=gen),
-               "lora_unet_time_embed_0.lora_up.weight": 0.3 * torch.randn(1280, 4, generator=gen),
-               "lora_unet_time_embed_0.alpha": torch.tensor(4.0)}, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         write_solver(work / "six.safetensors", 6, 22)
         gas.combine_solver_files([solvers / SOLVER, work / "six.safetensors"], solvers / MULTI)
         (running.models_dir / "loras").mkdir(parents=True, exist_ok=True)
-        write_lora(running.models_dir / "loras" / LORA)
+        write_tiny_lora(running.models_dir / "loras" / LORA, TINY_TIME_EMBED_LORA_LAYERS, seed=7, scale=0.3)
         yield running
 
 

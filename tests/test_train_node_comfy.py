@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from tests.helpers.comfy_env import ComfyServer, ComfyServerError, require_comfyui
 from tests.helpers.paths import REPO_ROOT
-from tests.helpers.tiny_checkpoints import write_tiny_sd15
+from tests.helpers.tiny_checkpoints import write_tiny_lora, write_tiny_sd15
 from tests.helpers.workflows import to_api, validate_workflow
 
 PACK_NAME = "ComfyUI-GAS"
@@ -32,20 +32,6 @@ TRAIN = {"prompts": "", "negative": "", "cfg": 7.5, "width": 64, "height": 64, "
          "iterations": ITERS, "seed": 7, "overwrite": False, "teacher_steps": 8, "batch": 2, "learning_rate": 1e-3,
          "train_size": 8, "val_size": 4, "checkpoint_every": 100}
 ENV = {"OMP_NUM_THREADS": "1"}
-
-
-def write_tiny_lora(path: Path, rank: int = 4, seed: int = 0) -> Path:
-    """A kohya-format LoRA on every attention projection of the tiny UNet (random, strong enough to matter)."""
-    gen = torch.Generator().manual_seed(seed)
-    tensors: dict[str, torch.Tensor] = {}
-    for attn, context in (("attn1", 320), ("attn2", 768)):
-        for proj, fan_in in (("to_q", 320), ("to_k", context), ("to_v", context), ("to_out_0", 320)):
-            key = f"lora_unet_input_blocks_1_1_transformer_blocks_0_{attn}_{proj}"
-            tensors[f"{key}.lora_down.weight"] = 0.1 * torch.randn(rank, fan_in, generator=gen)
-            tensors[f"{key}.lora_up.weight"] = 0.1 * torch.randn(320, rank, generator=gen)
-            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
-    save_file(tensors, str(path))
-    return path
 
 
 class Listener:

@@ -229,3 +229,27 @@ def write_tiny_sd15(path: str | os.PathLike[str], seed: int = 0, dtype: torch.dt
     metadata = {"gas_tiny_sd15": f"generator=ComfyUI-GAS tests/helpers/tiny_checkpoints.py seed={seed} dtype={dtype}"}
     save_file(tiny_sd15_state_dict(seed, dtype), os.fspath(path), metadata=metadata)
     return path
+
+
+#: LoRA targets of the tiny UNet, ``kohya key -> (fan_in, fan_out)``: every attention projection of its transformer.
+TINY_ATTENTION_LORA_LAYERS = {
+    f"lora_unet_input_blocks_1_1_transformer_blocks_0_{attn}_{proj}": (fan_in, 320)
+    for attn, context in (("attn1", 320), ("attn2", 768))
+    for proj, fan_in in (("to_q", 320), ("to_k", context), ("to_v", context), ("to_out_0", 320))
+}
+#: The tiny UNet's first time-embedding layer alone (a LoRA there changes every step's output strongly).
+TINY_TIME_EMBED_LORA_LAYERS = {"lora_unet_time_embed_0": (320, 1280)}
+
+
+def write_tiny_lora(path: Path, layers: dict[str, tuple[int, int]] = TINY_ATTENTION_LORA_LAYERS, *, rank: int = 4,
+                    seed: int = 0, scale: float = 0.1) -> Path:
+    """A random kohya-format LoRA (``lora_down``/``lora_up``/``alpha`` per layer, ComfyUI's ``lora_unet_*`` keys) on
+    ``layers`` of the tiny SD1.5 UNet: ``down ~ scale N(0, 1)`` of shape (rank, fan_in), ``up`` (fan_out, rank)."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, (fan_in, fan_out) in layers.items():
+        tensors[f"{key}.lora_down.weight"] = scale * torch.randn(rank, fan_in, generator=gen)
+        tensors[f"{key}.lora_up.weight"] = scale * torch.randn(fan_out, rank, generator=gen)
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+    return path
