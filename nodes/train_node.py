@@ -192,7 +192,8 @@ class GASTrainSolver(io.ComfyNode):
     def _train(cls, t: dict[str, Any], model: Any, clip: Any, vae: Any, configs: list[Any], prompt_set: Any,
                negative: str, cfg: float, width: int, height: int, name: str,
                lineage: Any) -> list[Trained]:
-        """Train every NFE in turn (the problem, i.e. the loaded model and its prompts, is built once)."""
+        """Train the one NFE, or several into one file (the problem, i.e. the loaded model and its prompts, is built
+        once)."""
         distill = t["distill"]
         bar = comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id)
 
@@ -204,30 +205,27 @@ class GASTrainSolver(io.ComfyNode):
                          "iterations" if phase == "train" else "samples to generate")
             bar.update_absolute(done, max(1, total))
 
-        out: list[Trained] = []
         with torch.inference_mode(False):
             problem = t["graph_problem"].graph_problem(
                 model, clip, vae, prompts=prompt_set, negative=negative, cfg=cfg or None, width=width,
                 height=height, name=name, batch=configs[0].batch, lineage=lineage, cache_dir=configs[0].paths()[1])
             if len(configs) > 1:
                 return cls._train_several(t, problem, configs, on_progress)
-            for config in configs:
-                file = train_logic.solver_file(name, config.nfe, config.mode)
-                config.extra_metadata = {"train_node_key": cls._key(t, problem, config)}
-                reused = cls._reuse(file, config.extra_metadata["train_node_key"], config.overwrite)
-                if reused is not None:
-                    out.append(Trained(file, reused))
-                    continue
-                paths = distill.output_paths(problem, config)
-                config.resume = paths.state.exists()
-                if config.resume:
-                    log.info("[GAS] Train Solver: an unfinished run of %s exists in %s; resuming it", paths.stem,
-                             paths.run_dir)
-                started = time.time()
-                result = distill.distill(problem, config, progress=True, on_progress=on_progress,
-                                         should_stop=mm.processing_interrupted)
-                out.append(cls._trained(t, file, result, config, time.time() - started))
-        return out
+            config = configs[0]
+            file = train_logic.solver_file(name, config.nfe, config.mode)
+            config.extra_metadata = {"train_node_key": cls._key(t, problem, config)}
+            reused = cls._reuse(file, config.extra_metadata["train_node_key"], config.overwrite)
+            if reused is not None:
+                return [Trained(file, reused)]
+            paths = distill.output_paths(problem, config)
+            config.resume = paths.state.exists()
+            if config.resume:
+                log.info("[GAS] Train Solver: an unfinished run of %s exists in %s; resuming it", paths.stem,
+                         paths.run_dir)
+            started = time.time()
+            result = distill.distill(problem, config, progress=True, on_progress=on_progress,
+                                     should_stop=mm.processing_interrupted)
+            return [cls._trained(t, file, result, config, time.time() - started)]
 
     @classmethod
     def _train_several(cls, t: dict[str, Any], problem: Any, configs: list[Any], on_progress: Any) -> list[Trained]:

@@ -135,11 +135,13 @@ def distill_nfes(problem: DistillProblem, config: DistillConfig, nfes: Sequence[
         log.info("training %s: one solver per NFE %s, written into one file", paths.stem,
                  ", ".join(str(n) for n in nfes))
     results: dict[int, DistillResult] = {}
+    parts: list[Path] = []  # each NFE's own solver file, combined into one at the end
     first_with: dict[str, int] = {}  # teacher cache key -> the first NFE that used it
     for n in nfes:
         cfg = dataclasses.replace(configs[n], out_dir=str(paths.run_dir), run_dir=str(paths.run_dir),
                                   name=config.name or problem.name, report=False)
         part = output_paths(problem, cfg)
+        parts.append(part.solver)
         finished, unfinished = dist.main_decides(lambda p=part: (p.solver.exists(), p.state.exists()))
         if config.resume and finished and not unfinished:
             if dist.is_main:
@@ -159,8 +161,6 @@ def distill_nfes(problem: DistillProblem, config: DistillConfig, nfes: Sequence[
         first_with.setdefault(key, n)
 
     def write() -> tuple[Path | None, Path | None]:
-        parts = [output_paths(problem, dataclasses.replace(configs[n], out_dir=str(paths.run_dir),
-                                                           name=config.name or problem.name)).solver for n in nfes]
         gas.combine_solver_files(parts, paths.solver, overwrite=config.overwrite)
         report = grid = None
         if config.report:
