@@ -123,6 +123,9 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     "clip off": lambda iters: {"grad_clip": 0.0},
     "lr 2e-3": lambda iters: {"lr": 2e-3},
     "ema 0.95+lr 2e-3+cosine": lambda iters: {"ema": 0.95, "lr": 2e-3, "lr_schedule": "cosine"},
+    "lr 2e-3+cosine": lambda iters: {"lr": 2e-3, "lr_schedule": "cosine"},
+    "lr 3e-3+cosine": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine"},
+    "ema 0.99": lambda iters: {"ema": 0.99},
 }
 
 
