@@ -47,6 +47,18 @@ _NOT_IN_KEY = ("out_dir", "cache_dir", "run_dir", "overwrite", "resume", "ckpt_e
 
 
 @dataclass
+class _Conditioning:
+    """What conditions the training: the CLIP (prompts route) or the connected conditionings, and the guidance and
+    frame count when given."""
+
+    clip: Any
+    positive: Any
+    negative: Any
+    guidance: float | None
+    frames: int | None
+
+
+@dataclass
 class Trained:
     """One NFE's outcome: the file name, its report text, and (when trained now) the preview samples by method."""
 
@@ -77,7 +89,9 @@ class GASTrainSolver(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model to train for, as the graph feeds it (LoRAs, patches, "
                                                 "ModelSampling nodes included); sample with the same model."),
-                io.Clip.Input("clip", tooltip="Encodes the training prompts (the model's text encoder)."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Encodes the training prompts (the model's text encoder). Not needed when a "
+                                      "conditioning is connected."),
                 io.String.Input("prompts", default="", multiline=True,
                                 tooltip="Training prompts, one per line ('#' starts a comment; with 12 or more the "
                                         "last sixth is held out for the scores). Empty: the trainer's built-in set "
@@ -119,6 +133,18 @@ class GASTrainSolver(io.ComfyNode):
                              tooltip="Held-out teacher samples for the scores."),
                 io.Int.Input("checkpoint_every", default=100, min=1, max=1_000_000, optional=True,
                              tooltip="Iterations between saved training states (Cancel also saves)."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="Train for this one prompt's conditioning instead of encoding the "
+                                              "prompts (e.g. CLIPTextEncodeSDXL, FluxGuidance, or a model whose "
+                                              "text encoder is not a CLIP input here); every sample uses it."),
+                io.Conditioning.Input("negative_conditioning", optional=True,
+                                      tooltip="The negative side with a connected conditioning (default: the "
+                                              "conditioning zeroed, as ConditioningZeroOut)."),
+                io.Float.Input("guidance", default=0.0, min=0.0, max=100.0, step=0.1, round=0.01, optional=True,
+                               tooltip="Guidance-distilled models (Flux dev): the guidance value trained for. 0 = "
+                                       "the conditioning's (FluxGuidance), else 3.5. Sample with the same value."),
+                io.Int.Input("frames", default=0, min=0, max=8192, step=4, optional=True,
+                             tooltip="Video models: length in frames (0 = 25). Ignored for image models."),
             ],
             outputs=[
                 io.Custom("COMBO").Output(display_name="solver",
@@ -146,10 +172,11 @@ class GASTrainSolver(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model: Any, clip: Any, prompts: str, negative: str, cfg: float, width: int, height: int,
-                nfe: str, mode: str, iterations: int, seed: int, solver_name: str, overwrite: bool, vae: Any = None,
-                teacher_steps: int = 0, batch: int = 4, learning_rate: float = 1e-3, train_size: int = 1400,
-                val_size: int = 128, checkpoint_every: int = 100) -> io.NodeOutput:
+    def execute(cls, model: Any, prompts: str, negative: str, cfg: float, width: int, height: int,
+                nfe: str, mode: str, iterations: int, seed: int, solver_name: str, overwrite: bool, clip: Any = None,
+                vae: Any = None, teacher_steps: int = 0, batch: int = 4, learning_rate: float = 1e-3,
+                train_size: int = 1400, val_size: int = 128, checkpoint_every: int = 100, conditioning: Any = None,
+                negative_conditioning: Any = None, guidance: float = 0.0, frames: int = 0) -> io.NodeOutput:
         t = _trainer.load()
         errors = t["errors"]
         nfes = train_logic.parse_nfe(nfe)
@@ -172,8 +199,13 @@ class GASTrainSolver(io.ComfyNode):
         try:
             for config in configs:
                 config.validate()
-            results = cls._train(t, model, clip, vae, configs, prompt_set, negative, cfg, width, height, name,
-                                 lineage)
+            if conditioning is not None and prompts.strip():
+                log.warning("[GAS] Train Solver: a conditioning is connected, so the prompts text is not used")
+            video = int(getattr(model.model.latent_format, "latent_dimensions", 2)) == 3
+            conditioned = _Conditioning(clip, conditioning, negative_conditioning, guidance or None,
+                                        (frames or None) if video else None)
+            results = cls._train(t, model, conditioned, vae, configs, prompt_set, negative, cfg, width, height,
+                                 name, lineage)
         except errors.TrainingInterruptedError as exc:
             log.warning("[GAS] Train Solver stopped: %s. Queue the node again to resume from there.",
                         train_logic.node_message(exc))
@@ -189,8 +221,8 @@ class GASTrainSolver(io.ComfyNode):
         return io.NodeOutput(results[0].file, preview, report, ui=ui.PreviewImage(preview, cls=cls))
 
     @classmethod
-    def _train(cls, t: dict[str, Any], model: Any, clip: Any, vae: Any, configs: list[Any], prompt_set: Any,
-               negative: str, cfg: float, width: int, height: int, name: str,
+    def _train(cls, t: dict[str, Any], model: Any, conditioned: _Conditioning, vae: Any, configs: list[Any],
+               prompt_set: Any, negative: str, cfg: float, width: int, height: int, name: str,
                lineage: Any) -> list[Trained]:
         """Train the one NFE, or several into one file (the problem, i.e. the loaded model and its prompts, is built
         once)."""
@@ -207,8 +239,10 @@ class GASTrainSolver(io.ComfyNode):
 
         with torch.inference_mode(False):
             problem = t["graph_problem"].graph_problem(
-                model, clip, vae, prompts=prompt_set, negative=negative, cfg=cfg or None, width=width,
-                height=height, name=name, batch=configs[0].batch, lineage=lineage, cache_dir=configs[0].paths()[1])
+                model, conditioned.clip, vae, prompts=prompt_set, negative=negative, cfg=cfg or None, width=width,
+                height=height, name=name, batch=configs[0].batch, lineage=lineage, cache_dir=configs[0].paths()[1],
+                frames=conditioned.frames, guidance=conditioned.guidance,
+                positive_conditioning=conditioned.positive, negative_conditioning=conditioned.negative)
             if len(configs) > 1:
                 return cls._train_several(t, problem, configs, on_progress)
             config = configs[0]
@@ -301,9 +335,13 @@ class GASTrainSolver(io.ComfyNode):
 
     @staticmethod
     def _images(report: Any, model: Any, vae: Any, latents: torch.Tensor) -> torch.Tensor:
-        """``[k, H, W, 3]`` in [0, 1]: decoded by the VAE, or the latents' first channels scaled up 8x."""
+        """``[k, H, W, 3]`` in [0, 1]: decoded by the VAE, or the latents' first channels scaled up 8x; the first
+        frame of video latents."""
         if vae is not None:
-            return vae.decode(model.model.process_latent_out(latents)).float().cpu()
+            images = vae.decode(model.model.process_latent_out(latents)).float().cpu()
+            return images[:, 0] if images.dim() == 5 else images
+        if latents.dim() == 5:
+            latents = latents[:, :, 0]
         images = (report.latents_to_images(latents) + 1.0) / 2.0
         images = torch.nn.functional.interpolate(images, scale_factor=8, mode="nearest")
         return images.permute(0, 2, 3, 1).contiguous()

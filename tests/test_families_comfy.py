@@ -39,8 +39,9 @@ from tests.helpers.tiny_families import FAMILIES, write_tiny_family
 
 ENV = {"OMP_NUM_THREADS": "2"}
 NAMES = list(FAMILIES)
-#: Families the trainer's Python API distils in these tests (tiny configuration), and the modes tried.
-TRAIN = {"sd2v": ["gs"], "sd3": ["gs", "gas"], "flux": ["gs"], "wan21": ["gs", "gas"]}
+#: Families GAS Train Solver distils in these tests (tiny configuration), and the modes tried.
+TRAIN = {"sd2v": ["gs"], "sdxl": ["gs"], "sd3": ["gs", "gas"], "flux": ["gs"], "wan21": ["gs", "gas"],
+         "wan22": ["gs"]}
 FLOW_SCHEDULES = {"sd3": (3.0, 1000.0), "flux": (math.exp(1.15), 1.0), "wan21": (8.0, 1000.0),
                   "wan22": (8.0, 1000.0)}
 
@@ -128,33 +129,42 @@ def test_refuses_a_solver_made_for_something_else(report: dict[str, Any], name: 
     refused = report[name]["sampling"]["refusals"][role]
     want = REFUSALS[role].format(other=OTHER_FAMILY[name], config=FAMILIES[name].config,
                                  prediction=report[name]["detected"]["prediction"])
-    for node in ("sigmas_node", "sampler_node"):
+    for node in ("sigmas_node", "sampler_node", "stock"):
         message = refused[node]
         assert message is not None, f"{node} accepted the {role} solver"
         assert want in message and f"'{name}-{role}.safetensors'" in message
     assert refused["one_sentence"]
 
 
-@pytest.mark.parametrize(("name", "mode"), [(n, m) for n, modes in TRAIN.items() for m in modes
-                                            if not (n.startswith("wan") and m == "gas")])
-def test_trainer_api_distils_a_solver_that_samples(report: dict[str, Any], name: str, mode: str) -> None:
-    """The trainer's Python API (``distill_denoiser``, unchanged) distils a 4-step solver from ComfyUI's CFG denoiser
-    around the UNETLoader-loaded model (2 iterations, tiny teacher); the file records the detected family and
-    prediction, and samples through GAS Sigmas + GAS Sampler: V-prediction on the discrete schedule (SD2-v), a flow
-    model in GS and GAS mode (SD3), a guidance-distilled flow model at cfg 1 with its guidance value in the
-    conditioning (Flux dev) and 5-D video latents in GS mode (Wan 2.1)."""
+@pytest.mark.parametrize("name", NAMES)
+def test_stock_ksampler_samples_like_the_gas_nodes(report: dict[str, Any], name: str) -> None:
+    """GAS Model Patch + ComfyUI's own KSampler (sampler "gas", scheduler "gas") with the random 4-step solver gives
+    the GAS Sigmas + GAS Sampler latent (same seed) to 1e-5 relative."""
+    stock = report[name]["sampling"]["stock"]
+    assert stock["shape"] == list(FAMILIES[name].latent)
+    assert stock["rel_diff"] < 1e-5
+
+
+@pytest.mark.parametrize(("name", "mode"), [(n, m) for n, modes in TRAIN.items() for m in modes])
+def test_train_node_distils_a_solver_that_samples(report: dict[str, Any], name: str, mode: str) -> None:
+    """GAS Train Solver (the node's own ``execute``) distils a 4-step solver for the UNETLoader-loaded model from a
+    connected conditioning (2 iterations, tiny teacher) into models/gas_solvers; the file records the detected family
+    and prediction, and samples through GAS Sigmas + GAS Sampler: V-prediction (SD2-v) and ADM conditioning (SDXL)
+    on the discrete schedule, a flow model in GS and GAS mode (SD3), a guidance-distilled flow model at cfg 1 trained
+    for the conditioning's guidance value, recorded in the file (Flux dev, FluxGuidance 2.5), and 5-D video latents
+    with the frame count recorded (Wan 2.1 in GS and GAS mode, Wan 2.2)."""
+    from tests.helpers.family_checks import TRAIN_GUIDANCE
+
     trained = report[name]["training"][mode]
     assert "error" not in trained, trained.get("error")
     assert trained["file_in_folder"] and trained["mode"] == mode and trained["iterations"] == 2
     assert trained["model"]["family"] == FAMILIES[name].config
     assert trained["model"]["prediction"] == report[name]["detected"]["prediction"]
     assert trained["shape"] == list(FAMILIES[name].latent) and trained["finite"]
-
-
-def test_gas_mode_refuses_video_latents_with_one_sentence(report: dict[str, Any]) -> None:
-    """GAS mode's discriminator is 2-D: on 5-D latents the trainer refuses with one sentence that points to GS."""
-    message = report["wan21"]["training"]["gas"]["error"]
-    assert "(C, H, W)" in message and "mode gs" in message and "\n" not in message
+    assert trained["guidance"] == (TRAIN_GUIDANCE if FAMILIES[name].guidance is not None else None)
+    latent = FAMILIES[name].latent
+    assert trained["frames"] == (4 * (latent[2] - 1) + 1 if len(latent) == 5 else None)
+    assert len(trained["preview"]) == 4 and trained["preview"][-1] == 3
 
 
 # ----- 5-D latents, no ComfyUI ----------------------------------------------------------------------------------------

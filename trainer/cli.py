@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ckpt", metavar="NAME_OR_PATH", default=None,
                      help="checkpoint file name in ComfyUI's models/checkpoints, or a path; the family is detected "
                           "by ComfyUI")
+    src.add_argument("--unet", metavar="NAME_OR_PATH", default=None,
+                     help="diffusion-model-only file (SD3.5, Flux, Wan releases) in ComfyUI's models/diffusion_models, "
+                          "or a path, loaded as UNETLoader does; needs --clip")
     src.add_argument("--demo", action="store_true",
                      help="built-in analytic teacher (conditional Gaussian mixture with CFG): no ComfyUI, no "
                           "checkpoint; trains GS and GAS and prints the comparison table")
@@ -100,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--mode", choices=("gs", "gas"), default=None,
                       help="gs: distillation loss only; gas: plus the adversarial loss (default: gas; both with "
                            "--demo)")
+    what.add_argument("--clip", metavar="NAME_OR_PATH", action="append", default=None,
+                      help="text-encoder file in ComfyUI's models/text_encoders, or a path; repeat for models with "
+                           "several (Flux: clip_l and t5xxl); replaces a checkpoint's own")
+    what.add_argument("--clip-type", metavar="TYPE", default=None,
+                      help="ComfyUI's text-encoder type of --clip (stable_diffusion, sd3, flux, wan, ...; default: "
+                           "the model family's)")
+    what.add_argument("--vae", metavar="NAME_OR_PATH", default=None,
+                      help="VAE file for the report's images (default: the checkpoint's; none with --unet)")
     cond = p.add_argument_group("conditioning")
     cond.add_argument("--prompts", metavar="FILE", default=None,
                       help="prompts file, one per line (default: the built-in list of varied prompts; the last "
@@ -112,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--width", type=int, default=None, help="image width in pixels (default: the family's native, "
                                                               "512 for SD1.x)")
     cond.add_argument("--height", type=int, default=None, help="image height in pixels (default: as --width)")
+    cond.add_argument("--frames", type=int, default=None,
+                      help="video models: length in frames (default 25)")
+    cond.add_argument("--guidance", type=float, default=None,
+                      help="guidance-distilled models (Flux dev): the guidance value trained for (default 3.5); "
+                           "other models take --cfg")
+    cond.add_argument("--shift", default=None, metavar="S|auto",
+                      help="flow models: time shift s of sigma = s t / (1 + (s-1) t), as ModelSamplingSD3 / "
+                           "ModelSamplingFlux set it; 'auto' (Flux's default) = ModelSamplingFlux's rule at "
+                           "--width x --height (default: the model's own)")
     cond.add_argument("--seed", type=int, default=_D.seed,
                       help="seed: teacher noise of sample i is seed+i; data order and discriminator derive from it")
     data = p.add_argument_group("data and optimisation (paper defaults)")
@@ -322,7 +342,8 @@ def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> None:
     from .prompts import load_prompts
 
     config = config_from_args(args)
-    name = args.name or Path(args.ckpt).stem
+    model_file = args.ckpt or args.unet
+    name = args.name or Path(model_file).stem
     config.name = name
     _precheck_output(config, args.nfe, name, dist)
     prompts = dist.agree(lambda: load_prompts(args.prompts))
@@ -334,9 +355,10 @@ def _run_checkpoint(args: argparse.Namespace, dist: Dist) -> None:
                               "cannot load checkpoints; try --demo") from None
         raise
     problem = dist.agree(lambda: build_problem(  # every rank loads the model on its own device
-        args.ckpt, comfyui=args.comfyui, device=str(dist.device), prompts=prompts, negative=args.negative,
-        cfg=args.cfg, width=args.width, height=args.height, dtype=args.dtype, name=name,
-        cache_dir=config.paths()[1]))
+        args.ckpt, unet=args.unet, clip=args.clip or (), clip_type=args.clip_type, vae=args.vae,
+        comfyui=args.comfyui, device=str(dist.device), prompts=prompts, negative=args.negative, cfg=args.cfg,
+        width=args.width, height=args.height, frames=args.frames, guidance=args.guidance, shift=args.shift,
+        dtype=args.dtype, name=name, cache_dir=config.paths()[1]))
     if args.prompts:
         problem.extra_metadata.setdefault("prompts", Path(args.prompts).name)
     if len(args.nfe) == 1:
@@ -353,10 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rank = env_rank()
     _setup_logging(args.quiet or rank > 0, rank)
-    if not args.demo and not args.ckpt:
+    if not args.demo and not args.ckpt and not args.unet:
         if rank == 0:
             parser.print_usage(sys.stderr)
-            print("error: give --ckpt NAME_OR_PATH (a checkpoint) or --demo (the built-in demo)", file=sys.stderr)
+            print("error: give --ckpt NAME_OR_PATH (a checkpoint), --unet NAME_OR_PATH (a diffusion model, with "
+                  "--clip) or --demo (the built-in demo)", file=sys.stderr)
         return 2
     all_ranks_here = False  # whether every process ends here together (then the process group ends cleanly)
     try:

@@ -2,9 +2,10 @@
 
 ``build_problem(ckpt, comfyui=...)`` finds ComfyUI (``comfyui``, or the folder two levels above this pack, i.e.
 ``ComfyUI/`` when the pack sits in ``ComfyUI/custom_nodes/``), imports it with its root first on ``sys.path``
-(ComfyUI's ``nodes.py`` must win over this pack's ``nodes/`` package), loads the checkpoint with
-``comfy.sd.load_checkpoint_guess_config`` (family detected by ComfyUI), encodes the prompts with the checkpoint's own
-text encoder and returns a differentiable CFG denoiser built from ComfyUI's sampling functions:
+(ComfyUI's ``nodes.py`` must win over this pack's ``nodes/`` package), loads the checkpoint, or a diffusion-model-only
+file with its text encoders, with ComfyUI's own loaders (:mod:`trainer.comfy_loading`; family detected by ComfyUI),
+encodes the prompts (:mod:`trainer.conditioning`) and returns a differentiable CFG denoiser built from ComfyUI's
+sampling functions:
 
     D(x, s) = sampling_function(model, x, s, uncond, cond, cfg)     (ComfyUI's CFG on denoised outputs)
 
@@ -18,10 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,27 +30,67 @@ import torch
 
 from gas import comfy_bridge
 
+from .comfy_loading import CLIP_TYPES, apply_shift, load_clip, load_model, load_vae, model_paths, resolve_file
+from .conditioning import GraphConditioning, PromptConditioning
 from .config import PACK_ROOT, DistillConfig
 from .errors import ProblemError
 from .gits import comfyui_gits_sigmas
 from .problem import DistillProblem
 from .prompts import PromptSet, load_prompts
 
-__all__ = ["ModelSource", "build_problem", "comfy_modules", "file_sha256", "find_comfyui", "import_comfy",
-           "problem_from_model", "resolve_checkpoint"]
+__all__ = ["FLUX_GUIDANCE", "ModelSource", "build_problem", "comfy_modules", "file_sha256", "find_comfyui",
+           "guidance_distilled", "import_comfy", "latent_shape_of", "problem_from_model", "resolve_checkpoint"]
 
 log = logging.getLogger("trainer")
 
 _MARKERS = ("main.py", "nodes.py", "folder_paths.py", "comfy/sd.py")
-#: (native width, default cfg) by ComfyUI model_config class name; other families fall back to (512, 7.5).
-_FAMILY_DEFAULTS: dict[str, tuple[int, float]] = {
-    "SD15": (512, 7.5), "SD20": (768, 7.5), "SD21UnclipL": (768, 7.5), "SD21UnclipH": (768, 7.5),
-    "SDXL": (1024, 7.0), "SDXLRefiner": (1024, 7.0), "SSD1B": (1024, 7.0), "Segmind_Vega": (1024, 7.0),
-    "KOALA_700M": (1024, 7.0), "KOALA_1B": (1024, 7.0), "SD3": (1024, 5.0), "Flux": (1024, 1.0),
-    "FluxSchnell": (1024, 1.0), "AuraFlow": (1024, 3.5),
+#: (native width, native height, default cfg) by ComfyUI model_config class name; others: :data:`_OTHER_DEFAULTS`.
+_FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
+    "SD15": (512, 512, 7.5), "SD20": (768, 768, 7.5), "SD21UnclipL": (768, 768, 7.5),
+    "SD21UnclipH": (768, 768, 7.5), "SDXL": (1024, 1024, 7.0), "SDXLRefiner": (1024, 1024, 7.0),
+    "SSD1B": (1024, 1024, 7.0), "Segmind_Vega": (1024, 1024, 7.0), "KOALA_700M": (1024, 1024, 7.0),
+    "KOALA_1B": (1024, 1024, 7.0), "SD3": (1024, 1024, 5.0), "Flux": (1024, 1024, 1.0),
+    "FluxSchnell": (1024, 1024, 1.0), "AuraFlow": (1024, 1024, 3.5), "WAN21_T2V": (832, 480, 6.0),
+    "WAN22_T2V": (1280, 704, 5.0),
 }
-#: Flux-dev style models take their (distilled) guidance as a conditioning value, not through CFG.
-_FLUX_GUIDANCE = 3.5
+_OTHER_DEFAULTS = (512, 512, 7.5)
+#: Guidance-distilled models (Flux dev style) take their guidance as a conditioning value, not through CFG; the
+#: value ComfyUI's Flux model uses when the conditioning has none.
+FLUX_GUIDANCE = 3.5
+#: Video length in frames when ``frames`` is not given (ComfyUI's EmptyHunyuanLatentVideo default).
+_DEFAULT_FRAMES = 25
+#: (spatial, temporal) compression of video latent formats without a VAE to ask; others: (8, 4).
+_VIDEO_COMPRESSION = {"Wan22": (16, 4)}
+
+
+def guidance_distilled(base: Any) -> bool:
+    """Whether ComfyUI model ``base`` takes a guidance value as conditioning (a guidance embedding, Flux dev)."""
+    params = getattr(getattr(base, "diffusion_model", None), "params", None)
+    return bool(getattr(params, "guidance_embed", False))
+
+
+def latent_shape_of(base: Any, vae: Any | None, width: int, height: int, frames: int | None,
+                    family: str) -> tuple[int, ...]:
+    """One sample's latent shape: ``(C, H/f, W/f)``, or ``(C, (frames - 1) // ft + 1, H/f, W/f)`` for a video model
+    (latent format with 3 latent dimensions), with ``f``/``ft`` the VAE's spatial/temporal compression."""
+    latent_format = base.latent_format
+    channels = int(latent_format.latent_channels)
+    video = int(getattr(latent_format, "latent_dimensions", 2)) == 3
+    spatial, temporal = _VIDEO_COMPRESSION.get(type(latent_format).__name__, (8, 4))
+    if vae is not None:
+        spatial = int(vae.spacial_compression_encode())
+        temporal = int(vae.temporal_compression_decode() or temporal)
+    if width % spatial or height % spatial or width <= 0 or height <= 0:
+        raise ProblemError(f"`width` and `height` must be positive multiples of {spatial} for this model, got "
+                           f"{width}x{height}")
+    if not video:
+        if frames is not None:
+            raise ProblemError(f"`frames` applies to video models only; this {family} model makes images")
+        return channels, height // spatial, width // spatial
+    frames = int(frames if frames is not None else _DEFAULT_FRAMES)
+    if frames < 1:
+        raise ProblemError(f"`frames` must be at least 1, got {frames}")
+    return channels, (frames - 1) // temporal + 1, height // spatial, width // spatial
 
 
 def _is_comfyui(path: Path) -> bool:
@@ -109,14 +149,7 @@ def comfy_modules() -> dict[str, Any]:
 
 def resolve_checkpoint(name_or_path: str, folder_paths: Any) -> Path:
     """A checkpoint by path, or by name in ComfyUI's ``models/checkpoints`` (and extra paths)."""
-    candidate = Path(name_or_path).expanduser()
-    if candidate.is_file():
-        return candidate.resolve()
-    found = folder_paths.get_full_path("checkpoints", name_or_path)
-    if found:
-        return Path(found)
-    raise ProblemError(f"the checkpoint '{name_or_path}' (`ckpt`) was found neither as a file nor in ComfyUI's "
-                       "models/checkpoints folders")
+    return resolve_file(name_or_path, folder_paths, "ckpt")
 
 
 def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
@@ -144,80 +177,66 @@ def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
     return value
 
 
-def _load(comfy: dict[str, Any], path: Path, dtype: str) -> tuple[Any, Any, Any]:
-    options: dict[str, Any] = {}
-    if dtype != "auto":
-        options["dtype"] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    try:
-        with torch.no_grad():  # some text encoders copy weights in place while loading
-            out = comfy["sd"].load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True,
-                                                           model_options=options)
-    except Exception as exc:  # safetensors/pickle errors, unknown layouts: ComfyUI raises many kinds
-        raise ProblemError(f"'{path.name}' is not a checkpoint ComfyUI can load ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else 'no details'})") from None
-    model, clip, vae = out[0], out[1], out[2]
-    if model is None:
-        raise ProblemError(f"'{path.name}' holds no diffusion model that ComfyUI recognises")
-    if clip is None:
-        raise ProblemError(f"'{path.name}' holds no text encoder; the trainer needs an all-in-one checkpoint")
-    return model, clip, vae
-
-
-def _pad_tokens(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Batch cross-attention contexts of different token counts by repeating each to the LCM (as ComfyUI does)."""
-    lengths = [t.shape[1] for t in tensors]
-    common = math.lcm(*lengths)
-    return torch.cat([t.repeat(1, common // t.shape[1], 1) for t in tensors])
-
-
-class PromptEncoder:
-    """Encodes prompts once with the checkpoint's text encoder; ``batch(prompts)`` gives batched conditioning."""
-
-    def __init__(self, clip: Any, extra: dict[str, Any]) -> None:
-        self.clip = clip
-        self.extra = extra
-        self.memo: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
-
-    def encode(self, prompt: str) -> tuple[torch.Tensor, dict[str, Any]]:
-        if prompt not in self.memo:
-            with torch.no_grad():
-                cond, extras = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt), show_pbar=False)[0]
-            kept = {k: v for k, v in extras.items() if torch.is_tensor(v)}
-            self.memo[prompt] = (cond.detach(), kept)
-        return self.memo[prompt]
-
-    def batch(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        encoded = [self.encode(p) for p in prompts]
-        out = {"context": _pad_tokens([c for c, _ in encoded])}
-        for key in sorted(set.intersection(*(set(e) for _, e in encoded))):
-            out[f"extra_{key}"] = torch.cat([e[key] for _, e in encoded])
-        return out
-
-
-def build_problem(ckpt: str, *, comfyui: str | os.PathLike[str] | None = None, device: str = "cpu",
+def build_problem(ckpt: str | None = None, *, unet: str | None = None, clip: Sequence[str] = (),
+                  clip_type: str | None = None, vae: str | None = None,
+                  comfyui: str | os.PathLike[str] | None = None, device: str = "cpu",
                   prompts: PromptSet | None = None, negative: str = "", cfg: float | None = None,
-                  width: int | None = None, height: int | None = None, dtype: str = "auto", name: str | None = None,
-                  cache_dir: str | os.PathLike[str] | None = None) -> DistillProblem:
-    """The :class:`DistillProblem` of checkpoint ``ckpt`` (a path, or a name in ComfyUI's ``models/checkpoints``)
-    loaded through the ComfyUI at ``comfyui`` (None: the folder two levels above this pack) on ``device``.
+                  width: int | None = None, height: int | None = None, frames: int | None = None,
+                  guidance: float | None = None, shift: float | str | None = None, dtype: str = "auto",
+                  name: str | None = None, cache_dir: str | os.PathLike[str] | None = None) -> DistillProblem:
+    """The :class:`DistillProblem` of a model loaded with ComfyUI's own loaders (:mod:`trainer.comfy_loading`) from
+    the ComfyUI at ``comfyui`` (None: the folder two levels above this pack) on ``device``.
 
+    The model: ``ckpt``, an all-in-one checkpoint (a path, or a name in ComfyUI's ``models/checkpoints``), or
+    ``unet``, a diffusion-model-only file (``models/diffusion_models``); ``clip``: text-encoder files
+    (``models/text_encoders``) of ComfyUI type ``clip_type`` (default: the family's), needed with ``unet`` and
+    replacing a checkpoint's own; ``vae``: a VAE file for the report's images (default: the checkpoint's).
     ``prompts``: the conditioning (default: the built-in prompts); ``negative``: the negative prompt; ``cfg``,
-    ``width``, ``height``: None for the family's defaults (``height`` defaults to ``width``); ``dtype``: the model's
-    weight dtype, "auto", "fp32", "fp16" or "bf16"; ``name``: the output name (default: the checkpoint's file name
-    without extension); ``cache_dir``: the teacher cache folder, where the checkpoint's sha256 is remembered
-    (default: the pack's, as :meth:`DistillConfig.paths`). Raises :class:`~trainer.errors.ProblemError` (one
-    sentence) for a missing checkpoint, a file that is not a model, or a family it cannot handle.
+    ``width``, ``height``: None for the family's defaults; ``frames``: video length in frames (video models only);
+    ``guidance``: a guidance-distilled model's guidance value (Flux dev; default 3.5); ``shift``: a flow model's
+    time shift (:func:`trainer.comfy_loading.apply_shift`; Flux defaults to its resolution rule); ``dtype``: the
+    model's weight dtype, "auto", "fp32", "fp16" or "bf16"; ``name``: the output name (default: the model file's name
+    without extension); ``cache_dir``: the teacher cache folder, where file sha256s are remembered. Raises
+    :class:`~trainer.errors.ProblemError` (one sentence) for a missing file, a file that is not a model, or a family
+    it cannot handle.
     """
+    if (ckpt is None) == (unet is None):
+        raise ProblemError("give exactly one model file: `ckpt` (a checkpoint) or `unet` (a diffusion model)")
     root = find_comfyui(comfyui)
     comfy = import_comfy(root, device)
-    path = resolve_checkpoint(ckpt, comfy["folder_paths"])
+    folders = comfy["folder_paths"]
+    param, model_name = ("ckpt", ckpt) if ckpt is not None else ("unet", unet)
+    path = resolve_file(str(model_name), folders, param)
+    clip_paths = model_paths(list(clip), folders, "clip")
+    vae_path = resolve_file(vae, folders, "vae") if vae else None
     log.info("loading %s through ComfyUI at %s", path.name, root)
-    patcher, clip, vae = _load(comfy, path, dtype)
+    patcher, text_encoder, own_vae = load_model(comfy, path, param, dtype)
+    family = comfy_bridge.model_identity(patcher, fingerprint=False).get("family") or "unknown"
+    if clip_paths:
+        text_encoder = load_clip(comfy, clip_paths, clip_type or CLIP_TYPES.get(family, "stable_diffusion"))
+    elif clip_type:
+        raise ProblemError("`clip_type` needs the text-encoder files it describes: give `clip` too")
+    if text_encoder is None:
+        raise ProblemError(f"'{path.name}' holds no text encoder; give its text-encoder files as `clip`"
+                           + (" (and their type as `clip_type`)" if family not in CLIP_TYPES else ""))
+    decoder = load_vae(comfy, vae_path) if vae_path is not None else own_vae
+    native_w, native_h, _ = _FAMILY_DEFAULTS.get(family, _OTHER_DEFAULTS)
+    w = int(width or native_w)
+    h = int(height or (width if width else native_h))
+    patcher, shift_text = apply_shift(patcher, shift, w, h, family)
     _, hashes_dir, _ = DistillConfig(cache_dir=None if cache_dir is None else str(cache_dir)).paths()
-    source = ModelSource(label=path.name, identity={"file": path.name, "sha256": file_sha256(path, hashes_dir)},
-                         comfy_root=root, extra_metadata={"checkpoint": path.name})
-    return problem_from_model(comfy, patcher, clip, vae, source, prompts=prompts, negative=negative, cfg=cfg,
-                              width=width, height=height, name=name or Path(ckpt).stem)
+    identity: dict[str, Any] = {"file": path.name, "sha256": file_sha256(path, hashes_dir)}
+    extra: dict[str, Any] = {"checkpoint": path.name}
+    if clip_paths:
+        identity["text_encoders"] = [{"file": p.name, "sha256": file_sha256(p, hashes_dir)} for p in clip_paths]
+        extra["text_encoders"] = ", ".join(p.name for p in clip_paths)
+    if shift is not None or shift_text != "the model's own":
+        identity["shift"] = shift_text
+        extra["shift"] = shift_text
+    source = ModelSource(label=path.name, identity=identity, comfy_root=root, extra_metadata=extra)
+    return problem_from_model(comfy, patcher, text_encoder, decoder, source, prompts=prompts, negative=negative,
+                              cfg=cfg, width=w, height=h, frames=frames, guidance=guidance,
+                              name=name or Path(str(model_name)).stem)
 
 
 @dataclass
@@ -243,25 +262,38 @@ class ModelSource:
 
 def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any | None, source: ModelSource, *,
                        prompts: PromptSet | None, negative: str, cfg: float | None, width: int | None,
-                       height: int | None, name: str) -> DistillProblem:
+                       height: int | None, name: str, frames: int | None = None, guidance: float | None = None,
+                       positive_conditioning: Any = None, negative_conditioning: Any = None) -> DistillProblem:
     """The :class:`DistillProblem` of a ComfyUI model (a ``ModelPatcher`` with whatever patches it carries), its
-    text encoder and optional VAE. The model is loaded onto ComfyUI's torch device with its patches applied (ComfyUI's
-    ``load_models_gpu``), and the identity's weights fingerprint is taken from the patched weights."""
+    conditioning and optional VAE. The conditioning is ``positive_conditioning`` / ``negative_conditioning`` (ComfyUI
+    CONDITIONING, :class:`~trainer.conditioning.GraphConditioning`) when given, else ``prompts`` and ``negative``
+    encoded by ``clip`` (:class:`~trainer.conditioning.PromptConditioning`). The model is loaded onto ComfyUI's
+    torch device with its patches applied (ComfyUI's ``load_models_gpu``), and the identity's weights fingerprint is
+    taken from the patched weights."""
     info = comfy_bridge.describe_model_sampling(patcher.get_model_object("model_sampling"))
     family = comfy_bridge.model_identity(patcher, fingerprint=False).get("family") or "unknown"
     if not info.learned_ok:
         raise ProblemError(f"{source.quoted} is a {family} model ({info.description or info.kind}): {info.reason}")
-    native, default_cfg = _FAMILY_DEFAULTS.get(family, (512, 7.5))
+    native_w, native_h, default_cfg = _FAMILY_DEFAULTS.get(family, _OTHER_DEFAULTS)
     cfg = float(cfg) if cfg is not None else default_cfg
-    height = int(height or width or native)
-    width = int(width or native)
+    height = int(height or (width if width else native_h))
+    width = int(width or native_w)
     base = patcher.model
-    downscale = int(vae.spacial_compression_encode()) if vae is not None else 8
-    if width % downscale or height % downscale or width <= 0 or height <= 0:
-        raise ProblemError(f"`width` and `height` must be positive multiples of {downscale} for this model, got "
-                           f"{width}x{height}")
-    channels = int(base.latent_format.latent_channels)
-    latent_shape = (channels, height // downscale, width // downscale)
+    latent_shape = latent_shape_of(base, vae, width, height, frames, family)
+    takes_guidance = guidance_distilled(base)
+    if guidance is not None and not takes_guidance:
+        raise ProblemError(f"`guidance` applies to guidance-distilled models (Flux dev style); this {family} model "
+                           "is guided by `cfg`")
+    defaults = {"guidance": FLUX_GUIDANCE} if takes_guidance else {}
+    overrides = {"guidance": float(guidance)} if guidance is not None else {}
+    constants = {**defaults, **overrides}
+    if positive_conditioning is not None:
+        conditioner: Any = GraphConditioning(positive_conditioning, negative_conditioning, defaults, overrides)
+    elif clip is None:
+        raise ProblemError("no text encoder and no conditioning: connect a CLIP or a positive conditioning")
+    else:
+        conditioner = PromptConditioning(clip, prompts if prompts is not None else load_prompts(None),
+                                         negative or "", constants)
 
     device = torch.device(comfy["model_management"].get_torch_device())
     base.requires_grad_(False)
@@ -270,19 +302,8 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
     patcher.pre_run()  # what CFGGuider.outer_sample does before sampling (sets the model's current patcher)
     identity = comfy_bridge.model_identity(patcher)  # after loading: the weights as patched
 
-    extra: dict[str, Any] = {}
-    if family.startswith("Flux") and family != "FluxSchnell":
-        extra["guidance"] = _FLUX_GUIDANCE
-    encoder = PromptEncoder(clip, extra)
-    prompts = prompts if prompts is not None else load_prompts(None)
-    negative = negative or ""
-
     def conditions(indices: list[int]) -> dict[str, torch.Tensor]:
-        pos = encoder.batch([prompts.prompt(i) for i in indices])
-        neg = encoder.batch([negative] * len(indices))
-        out = {k: v.to(device) for k, v in pos.items()}
-        out.update({f"uncond_{k}": v.to(device) for k, v in neg.items()})
-        return out
+        return {k: v.to(device) for k, v in conditioner.conditions(indices).items()}
 
     schedule = info.schedule
     override = comfy_bridge.FloatTimestepOverride(schedule, label="GAS trainer") if info.float_timesteps else None
@@ -295,15 +316,17 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
     def hook(t: torch.Tensor) -> None:
         next_time[:] = [t]
 
-    def as_cond(context: torch.Tensor, extras: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    side_constants = {side: conditioner.constants_of(side) for side in ("positive", "negative")}
+
+    def as_cond(context: torch.Tensor, extras: dict[str, torch.Tensor], side: str) -> list[dict[str, Any]]:
         payload: dict[str, Any] = {k[len("extra_"):]: v for k, v in extras.items()}
-        payload.update(extra)
+        payload.update(side_constants[side])
         return helpers.convert_cond([[context, payload]])
 
     def guided(x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        positive = as_cond(cond["context"], {k: v for k, v in cond.items() if k.startswith("extra_")})
+        positive = as_cond(cond["context"], {k: v for k, v in cond.items() if k.startswith("extra_")}, "positive")
         negative_c = as_cond(cond["uncond_context"], {k[len("uncond_"):]: v for k, v in cond.items()
-                                                      if k.startswith("uncond_extra_")})
+                                                      if k.startswith("uncond_extra_")}, "negative")
         conds = samplers.process_conds(base, x, {"positive": positive, "negative": negative_c}, x.device)
         return samplers.sampling_function(base, x, sigma, conds["negative"], conds["positive"], cfg,
                                           model_options=model_options, seed=None)
@@ -325,17 +348,26 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
             return images.to(latents.device) * 2.0 - 1.0
 
     identity.update(source.identity)
-    identity.update({"cfg": cfg, "negative": negative, "prompts": prompts.digest(), "width": width, "height": height,
-                     "dtype": str(base.get_dtype()).replace("torch.", "")})
-    description = (f"{source.label} ({family}, {info.prediction}-prediction, {schedule.describe()}), {width}x{height}, "
-                   f"cfg {cfg:g}, prompts: {prompts.source}")
+    identity.update({"cfg": cfg, "negative": negative or "", "prompts": conditioner.digest, "width": width,
+                     "height": height, "dtype": str(base.get_dtype()).replace("torch.", "")})
+    metadata = dict(source.extra_metadata)
+    guidance_used = conditioner.constants_of("positive").get("guidance") if takes_guidance else None
+    if guidance_used is not None:
+        identity["guidance"] = metadata["guidance"] = float(guidance_used)
+    size = f"{width}x{height}"
+    if len(latent_shape) == 4:
+        identity["frames"] = metadata["frames"] = int(frames or _DEFAULT_FRAMES)
+        size += f"x{identity['frames']} frames"
+    description = (f"{source.label} ({family}, {info.prediction}-prediction, {schedule.describe()}), {size}, "
+                   f"cfg {cfg:g}" + (f", guidance {guidance_used:g}" if guidance_used is not None else "")
+                   + f", {conditioner.source}")
     decoupled = comfy_bridge.decoupled_mode(info) if override is not None else "resigma"
     return DistillProblem(
         denoiser=denoiser, schedule=schedule, latent_shape=latent_shape, conditions=conditions, decode=decode,
         decoupled=decoupled, timestep_hook=hook if override is not None else None, device=device,
         dtype=torch.float32, identity=identity, name=name, cfg=cfg, description=description,
         gits_sigmas=_gits_sigmas(family, source.comfy_root) if source.comfy_root is not None else None,
-        extra_metadata={**source.extra_metadata, **({"guidance": extra["guidance"]} if "guidance" in extra else {})},
+        extra_metadata=metadata,
     )
 
 

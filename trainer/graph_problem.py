@@ -1,9 +1,9 @@
 """A model from inside a ComfyUI graph as a :class:`~trainer.problem.DistillProblem` (the GAS Train Solver node).
 
 The graph hands over a ``MODEL`` (a ``ModelPatcher`` carrying whatever LoRAs, patches and ModelSampling changes the
-graph applied), a ``CLIP`` and optionally a ``VAE``; :func:`graph_problem` builds the same CFG denoiser, conditioning
-and decoder as the CLI's checkpoint adapter (:func:`trainer.comfy_adapter.problem_from_model`), so a solver trained
-in the graph is trained exactly as ``python -m trainer`` would train it on that model.
+graph applied), a ``CLIP`` or a CONDITIONING, and optionally a ``VAE``; :func:`graph_problem` builds the same CFG
+denoiser, conditioning and decoder as the CLI's checkpoint adapter (:func:`trainer.comfy_adapter.problem_from_model`),
+so a solver trained in the graph is trained exactly as ``python -m trainer`` would train it on that model.
 
 Gradients inside the graph: ComfyUI runs every graph under ``torch.inference_mode()`` and its loaders create the
 weights there, so they are *inference tensors*, which autograd refuses to save for a backward pass even inside
@@ -28,7 +28,9 @@ from typing import Any
 
 import torch
 
-from .comfy_adapter import ModelSource, comfy_modules, file_sha256, problem_from_model
+from gas import comfy_bridge
+
+from .comfy_adapter import ModelSource, comfy_modules, file_sha256, latent_shape_of, problem_from_model
 from .problem import DistillProblem, ProblemError
 from .prompts import PromptSet
 
@@ -116,15 +118,19 @@ def _training_memory(patcher: Any, latent_shape: tuple[int, ...], batch: int) ->
 
 def graph_problem(model: Any, clip: Any, vae: Any | None, *, prompts: PromptSet, negative: str, cfg: float | None,
                   width: int, height: int, name: str, batch: int, lineage: Lineage | None = None,
-                  cache_dir: Path | None = None) -> DistillProblem:
-    """The :class:`DistillProblem` of a graph's MODEL (patches included), encoded with ``clip``; ``vae`` decodes
-    the report's images. Raises :class:`~trainer.problem.ProblemError` (one sentence) on a missing CLIP, a VAE
-    whose latents do not fit the model, or a model family without GAS support."""
+                  cache_dir: Path | None = None, frames: int | None = None, guidance: float | None = None,
+                  positive_conditioning: Any = None, negative_conditioning: Any = None) -> DistillProblem:
+    """The :class:`DistillProblem` of a graph's MODEL (patches included), conditioned by ``positive_conditioning``
+    (and ``negative_conditioning``) when connected, else by ``prompts`` encoded with ``clip``; ``vae`` decodes the
+    report's images; ``frames``: video length (video models); ``guidance``: a guidance-distilled model's value
+    unless the conditioning carries one. Raises :class:`~trainer.problem.ProblemError` (one sentence) on a missing
+    CLIP and conditioning, a VAE whose latents do not fit the model, or a model family without GAS support."""
     if model is None or not hasattr(model, "get_model_object"):
         raise ProblemError("the model input is not a ComfyUI MODEL")
-    if clip is None:
-        raise ProblemError("no CLIP is connected (the model's checkpoint may have no text encoder); connect the CLIP "
-                           "that encodes prompts for this model")
+    if clip is None and positive_conditioning is None:
+        raise ProblemError("no CLIP and no conditioning is connected (the model's checkpoint may have no text "
+                           "encoder); connect the CLIP that encodes prompts for this model, or a positive "
+                           "conditioning")
     channels = int(model.model.latent_format.latent_channels)
     if vae is not None and getattr(vae, "latent_channels", channels) != channels:
         raise ProblemError(f"the VAE works on {vae.latent_channels}-channel latents but the model on {channels}-"
@@ -141,13 +147,15 @@ def graph_problem(model: Any, clip: Any, vae: Any | None, *, prompts: PromptSet,
             identity["sha256"] = file_sha256(Path(path), cache_dir)
     if lineage.patches:
         identity["patches"] = lineage.patches
-    downscale = int(vae.spacial_compression_encode()) if vae is not None else 8
-    latent = (channels, max(1, height // downscale), max(1, width // downscale))
+    family = comfy_bridge.model_identity(model, fingerprint=False).get("family") or "unknown"
+    latent = latent_shape_of(model.model, vae, width, height, frames, family)
     root = Path(comfy["folder_paths"].__file__).resolve().parent  # ComfyUI's GITS tables for the ipndm-gits teacher
     source = ModelSource(label="the connected model", is_name=False, identity=identity, comfy_root=root,
                          extra_metadata=extra, memory_required=_training_memory(model, latent, batch))
     problem = problem_from_model(comfy, model, clip, vae, source, prompts=prompts, negative=negative, cfg=cfg,
-                                 width=width, height=height, name=name)
+                                 width=width, height=height, name=name, frames=frames, guidance=guidance,
+                                 positive_conditioning=positive_conditioning,
+                                 negative_conditioning=negative_conditioning)
     replaced = own_inference_tensors(model.model)
     if replaced:
         log.info("made %.1f MB of the model's inference-mode weights trainable-through (same values)",

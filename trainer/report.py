@@ -44,8 +44,11 @@ def scores_table(methods: dict[str, dict[str, float]], nfe: int, *, reference: s
 
 
 def latents_to_images(latents: torch.Tensor) -> torch.Tensor:
-    """A viewable ``[B, 3, H, W]`` image in [-1, 1] from arbitrary latents (first 3 channels, scaled to +-3 std)."""
+    """A viewable ``[B, 3, H, W]`` image in [-1, 1] from arbitrary latents (first 3 channels, scaled to +-3 std; the
+    first frame of video latents ``[B, C, T, H, W]``)."""
     x = latents.float()
+    if x.dim() == 5:
+        x = x[:, :, 0]
     x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, *x.shape[2:])
     scale = 3.0 * x.std().clamp_min(1e-6)
     return (x / scale).clamp(-1, 1)

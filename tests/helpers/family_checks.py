@@ -34,9 +34,10 @@ from typing import Any
 import torch
 
 from tests.helpers.paths import REPO_ROOT
-from tests.helpers.solvers import perturbed_solver
 
 SEED = 42
+#: The Flux guidance the training conditioning carries (FluxGuidance's value), not the model's default 3.5.
+TRAIN_GUIDANCE = 2.5
 CFG = {"sd2v": 5.0, "sdxl": 5.0, "sd3": 4.0, "flux": 1.0, "wan21": 5.0, "wan22": 5.0}
 #: What each family's solvers of another family record (same schedule kind, so only the family differs).
 OTHER_FAMILY = {"sd2v": "SDXL", "sdxl": "SD15", "sd3": "Flux", "flux": "SD3", "wan21": "SD3", "wan22": "WAN21_T2V"}
@@ -69,6 +70,18 @@ class NodeRunner:
         self.sampler_node = importlib.import_module(f"{pack.__name__}.nodes.sampler_node").GASSampler
         self.cfg_guider, self.random_noise = custom.CFGGuider(), custom.RandomNoise()
         self.advanced = custom.SamplerCustomAdvanced()
+        self.logic = importlib.import_module(f"{pack.__name__}.nodes.logic")
+        train = importlib.import_module(f"{pack.__name__}.nodes.train_node")
+        self.train_node, self.train_dir = train.GASTrainSolver, train._solver_dir
+        self.patch_node = importlib.import_module(f"{pack.__name__}.nodes.model_patch_node").GASModelPatch
+        self.ksampler = importlib.import_module("nodes").KSampler()
+
+    def stock(self, model: Any, solver: str, steps: int, positive: Any, negative: Any, cfg: float,
+              latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """GAS Model Patch, then ComfyUI's own KSampler with sampler "gas" and scheduler "gas"."""
+        patched = self.patch_node.execute(model=model, solver=solver).result[0]
+        latent = {"samples": torch.zeros(latent_shape)}
+        return self.ksampler.sample(patched, SEED, steps, cfg, "gas", "gas", positive, negative, latent)[0]["samples"]
 
     def sigmas(self, model: Any, solver: str) -> torch.Tensor:
         return self.sigmas_node.execute(model=model, solver=solver, steps=0, denoise=1.0).result[0]
@@ -120,6 +133,8 @@ def make_solvers(gas: Any, checks: Any, folder: Path, name: str, family: Any, de
                  schedule: Any) -> tuple[dict[str, str], Any]:
     """Solver files for one family (random nonzero, untrained, and three made for something else) by role, and the
     schedule of the one made for the other schedule kind."""
+    from tests.helpers.solvers import perturbed_solver
+
     cfg = CFG[name]
     own = {"family": family.config, "prediction": detected["prediction"]}
     other_schedule = (gas.FlowSchedule(3.0) if detected["kind"] == "discrete"
@@ -160,6 +175,9 @@ def sampling_checks(runner: NodeRunner, model: Any, name: str, family: Any, solv
     report["zero_vs_none"] = {"rel_diff": float((zero - none).abs().max()) / max(scale, 1e-12), "max_abs": scale,
                               "random_vs_none_rel": float((out - none).abs().max()) / max(scale, 1e-12),
                               "zero_sigmas": zero_sigmas.tolist(), "none_default_steps": none_sigmas.numel() - 1}
+    stock = runner.stock(model, solvers["random"], len(sigmas) - 1, positive, negative, cfg, family.latent)
+    report["stock"] = {"rel_diff": float((stock - out).abs().max()) / max(float(out.abs().max()), 1e-12),
+                       "shape": list(stock.shape)}
     report["seconds"] = time.perf_counter() - start
 
     refusals: dict[str, Any] = {}
@@ -178,86 +196,64 @@ def sampling_checks(runner: NodeRunner, model: Any, name: str, family: Any, solv
             entry["sampler_node"] = None
         except logic.GASNodeError as exc:
             entry["sampler_node"] = str(exc)
+        try:  # the stock path: GAS Model Patch, or KSampler's scheduler/sampler "gas" behind it
+            runner.stock(model, solvers[role], 4, positive, negative, cfg, family.latent)
+            entry["stock"] = None
+        except logic.GASNodeError as exc:
+            entry["stock"] = str(exc)
         entry["one_sentence"] = all(isinstance(m, str) and _one_sentence(m)
-                                    for m in (entry["sigmas_node"], entry["sampler_node"]))
+                                    for m in (entry["sigmas_node"], entry["sampler_node"], entry["stock"]))
         refusals[role] = entry
     report["refusals"] = refusals
     return report
 
 
-def comfy_denoiser(comfy: Any, bridge: Any, model: Any, family: Any, cfg: float) -> dict[str, Any]:
-    """ComfyUI's CFG denoiser around a loaded model with this module's random conditioning, as keyword arguments of
-    ``distill_denoiser``: differentiable, discrete-schedule networks see the float timestep of each GAS time."""
-    samplers, helpers = comfy.samplers, importlib.import_module("comfy.sampler_helpers")
-    patcher_extension = importlib.import_module("comfy.model_patcher")
-    base = model.model
-    base.requires_grad_(False)
-    comfy.model_management.load_models_gpu([model], force_full_load=True)
-    info = bridge.describe_model_sampling(model.get_model_object("model_sampling"))
-    override = bridge.FloatTimestepOverride(info.schedule, label="GAS trainer") if info.float_timesteps else None
-    options = patcher_extension.create_model_options_clone(model.model_options)
-    if override is not None:
-        options = override.install(options)
-    positive, negative = conditioning(family, 1), conditioning(family, 2)
-    next_time: list[torch.Tensor] = []
+def _frames(family: Any) -> int:
+    """The video length whose latent has the family's frame count (4x temporal compression), 0 for images."""
+    return 4 * (family.latent[2] - 1) + 1 if len(family.latent) == 5 else 0
 
-    def batched(cond: list[list[Any]], n: int) -> list[dict[str, Any]]:
-        context, extra = cond[0]
-        extra = {k: v.expand(n, -1) if torch.is_tensor(v) else v for k, v in extra.items()}
-        return helpers.convert_cond([[context.expand(n, -1, -1), extra]])
 
-    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
-        conds = samplers.process_conds(base, x, {"positive": batched(positive, x.shape[0]),
-                                                 "negative": batched(negative, x.shape[0])}, x.device)
-
-        def guided() -> torch.Tensor:
-            return samplers.sampling_function(base, x, sigma, conds["negative"], conds["positive"], cfg,
-                                              model_options=options, seed=None)
-
-        if override is None:
-            return guided()
-        t = next_time.pop() if next_time else info.schedule.time_of_sigma(sigma.detach().to(torch.float64))
-        with override.at(t):
-            return guided()
-
-    return {"denoiser": denoiser, "schedule": info.schedule, "cfg": cfg,
-            "identity": bridge.model_identity(model),
-            "decoupled": bridge.decoupled_mode(info) if override is not None else "resigma",
-            "timestep_hook": (lambda t: next_time.__setitem__(slice(None), [t])) if override is not None else None}
+def _pixels(family: Any) -> tuple[int, int]:
+    """(width, height) in pixels of the family's latent (16x spatial compression for Wan 2.2, else 8x)."""
+    factor = 16 if family.name == "wan22" else 8
+    return factor * family.latent[-1], factor * family.latent[-2]
 
 
 def training_checks(comfy: Any, runner: NodeRunner, model: Any, name: str, family: Any, modes: list[str],
                     folder: Path, work: Path) -> dict[str, Any]:
-    """Distil a 4-step solver per mode with the trainer's Python API, then sample with it through the nodes."""
-    from gas import comfy_bridge, load_solver
-    from trainer.config import DistillConfig
-    from trainer.distill import distill_denoiser
-    from trainer.errors import TrainerError
+    """Distil a 4-step solver per mode with the GAS Train Solver node (its own ``execute``, as ComfyUI's executor
+    calls it, with this module's conditioning connected), then sample with it through GAS Sigmas + GAS Sampler."""
+    from comfy_api.latest import io
 
-    fields = comfy_denoiser(comfy, comfy_bridge, model, family, CFG[name])
+    from gas import load_solver
+
+    node = runner.train_node.PREPARE_CLASS_CLONE({io.Hidden.prompt: None, io.Hidden.unique_id: f"train-{name}"})
+    positive, negative = conditioning(family, 1), conditioning(family, 2)
+    if family.guidance is not None:  # what FluxGuidance sets: the node trains for the conditioning's value
+        positive = [[positive[0][0], {**positive[0][1], "guidance": TRAIN_GUIDANCE}]]
+    width, height = _pixels(family)
     out: dict[str, Any] = {}
     for mode in modes:
-        config = DistillConfig(nfe=4, mode=mode, train_size=2, val_size=2, batch=2, iters=2, teacher_steps=8,
-                               teacher_batch=2, eval_batch=2, disc_preset="small", out_dir=str(folder),
-                               cache_dir=str(work / "cache"), run_dir=str(work / "runs"), report=False,
-                               eval_every=10_000, ckpt_every=10_000, log_every=10_000)
         start, cpu = time.perf_counter(), time.process_time()
         entry: dict[str, Any] = {}
-        model.pre_run()  # what CFGGuider does before sampling (and undoes after it): the model's current patcher
         try:
-            result = distill_denoiser(latent_shape=family.latent[1:], conditions=lambda indices: {},
-                                      config=config, progress=False, name=f"trained-{name}", **fields)
-        except TrainerError as exc:
+            result = node.execute(model=model, prompts="", negative="", cfg=CFG[name], width=width, height=height,
+                                  nfe="4", mode=mode, iterations=2, seed=SEED, solver_name=f"trained-{name}",
+                                  overwrite=True, teacher_steps=8, batch=2, train_size=2, val_size=2,
+                                  checkpoint_every=10_000, conditioning=positive, negative_conditioning=negative,
+                                  frames=_frames(family))
+        except runner.logic.GASNodeError as exc:
             entry["error"] = str(exc)
         else:
-            solver_file = Path(result.solver_path)
+            solver_name = result.result[0]
+            solver_file = Path(runner.solver_folder.full_path(solver_name))
             meta = load_solver(solver_file).metadata
-            entry.update(file_in_folder=solver_file.parent == folder, mode=meta.get("mode"), model=meta.get("model"),
-                         iterations=meta.get("iterations"))
+            entry.update(file_in_folder=solver_file.parent == Path(runner.train_dir()), mode=meta.get("mode"),
+                         model=meta.get("model"), iterations=meta.get("iterations"), guidance=meta.get("guidance"),
+                         frames=meta.get("frames"), preview=list(result.result[1].shape))
             with torch.no_grad():
-                sigmas = runner.sigmas(model, solver_file.name)
-                positive, negative = conditioning(family, 1), conditioning(family, 2)
-                latent = runner.sample(model, solver_file.name, sigmas, positive, negative, CFG[name], family.latent)
+                sigmas = runner.sigmas(model, solver_name)
+                latent = runner.sample(model, solver_name, sigmas, positive, negative, CFG[name], family.latent)
             entry.update(shape=list(latent.shape), finite=bool(torch.isfinite(latent).all()))
         entry.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
         out[mode] = entry
@@ -272,6 +268,12 @@ def start(comfy_root: str) -> tuple[Any, Any, Any]:
 
     comfy = import_comfy_in_process(comfy_root, cpu=True)
     pack = comfy_checks.load_pack()
+    # GAS Train Solver runs the pack's trainer, which makes the pack's core the top-level ``gas`` (as inside ComfyUI,
+    # where nothing else is called ``gas``); the helpers imported the repository's ``gas`` as a second copy, so it
+    # leaves sys.modules first (every solver written here is built with ``pack.gas`` explicitly)
+    for key in [k for k in sys.modules if k == "gas" or k.startswith("gas.")]:
+        del sys.modules[key]
+    importlib.import_module(f"{pack.__name__}.nodes._trainer").load()
     return comfy, pack, importlib.import_module(f"{pack.__name__}.nodes.logic")
 
 
@@ -296,6 +298,8 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(0)
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="gas-family-solvers-") as folder:
+        comfy.folder_paths.models_dir = str(Path(folder) / "models")  # where GAS Train Solver writes
+        importlib.import_module(f"{pack.__name__}.nodes._trainer").load()["config"].PACK_ROOT = Path(folder)
         solver_folder.register()
         comfy.folder_paths.add_model_folder_path(logic.FOLDER_NAME, folder)
         for name, path in files.items():

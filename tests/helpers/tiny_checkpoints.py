@@ -253,3 +253,21 @@ def write_tiny_lora(path: Path, layers: dict[str, tuple[int, int]] = TINY_ATTENT
         tensors[f"{key}.alpha"] = torch.tensor(float(rank))
     save_file(tensors, str(path))
     return path
+
+
+def write_clip_l(path: str | os.PathLike[str], seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a random full-size CLIP-L text encoder as a stand-alone text-encoder file (the layout of ComfyUI's
+    ``models/text_encoders/clip_l.safetensors``: ``text_model.*`` plus ``text_projection.weight``), about 246 MB in
+    fp16; written once (an existing file is reused), to a temporary name first."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = CLIP_PREFIX.removesuffix("text_model.")
+    specs = [TensorSpec(s.name.removeprefix(prefix), s.shape, s.init) for s in clip_specs()]
+    specs.append(TensorSpec("text_projection.weight", (CLIP_WIDTH, CLIP_WIDTH), "fan_in"))
+    partial = path.with_suffix(".partial")
+    metadata = {"gas_tiny_clip_l": f"generator=ComfyUI-GAS tests/helpers/tiny_checkpoints.py seed={seed}"}
+    save_file(state_dict_from_specs(specs, seed, dtype), os.fspath(partial), metadata=metadata)
+    partial.replace(path)
+    return path
