@@ -152,7 +152,7 @@ def test_train_node_distils_a_solver_that_samples(report: dict[str, Any], name: 
     and prediction, and samples through GAS Sigmas + GAS Sampler: V-prediction (SD2-v) and ADM conditioning (SDXL)
     on the discrete schedule, a flow model in GS and GAS mode (SD3), a guidance-distilled flow model at cfg 1 trained
     for the conditioning's guidance value, recorded in the file (Flux dev, FluxGuidance 2.5), and 5-D video latents
-    with the frame count recorded (Wan 2.1 in GS and GAS mode, Wan 2.2)."""
+    with the frame count recorded (Wan 2.1 in GS and GAS mode, the discriminator in 3-D; Wan 2.2)."""
     from tests.helpers.family_checks import TRAIN_GUIDANCE
 
     trained = report[name]["training"][mode]

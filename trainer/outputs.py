@@ -23,7 +23,7 @@ from gas import GeneralizedSolver
 from .config import DistillConfig
 from .errors import OutputError, ResumeError
 from .problem import DistillProblem
-from .report import BASELINE_REFERENCE, latents_to_images, save_grid, scores_table, write_markdown
+from .report import BASELINE_REFERENCE, first_frame, latents_to_images, save_grid, scores_table, write_markdown
 from .teacher import TeacherSpec
 
 __all__ = ["METRICS_NOTE", "OutputPaths", "check_outputs", "check_writable", "decoded_images", "existing_solver_error",
@@ -162,10 +162,11 @@ def write_report(problem: DistillProblem, config: DistillConfig, paths: OutputPa
 
 
 def decoded_images(problem: DistillProblem, latents: torch.Tensor) -> torch.Tensor:
-    """Images of end-state latents: the problem's decoder, else the latents' first channels."""
+    """Images ``[B, 3, H, W]`` of end-state latents: the problem's decoder, else the latents' first channels (of
+    video, the first frame)."""
     if problem.decode is not None:
         with torch.no_grad():
-            return problem.decode(latents.to(problem.device)).float().cpu()
+            return first_frame(problem.decode(latents.to(problem.device)).float().cpu())
     return latents_to_images(latents)
 
 

@@ -49,7 +49,8 @@ class DistillProblem:
     denoiser: Callable[..., torch.Tensor]
     #: The model's noise schedule; it must have a GAS time map (``schedule.has_time``).
     schedule: NoiseSchedule
-    #: Shape of one latent ``(C, H, W)`` (any number of dims works; the discriminator wants ``(C, H, W)``).
+    #: Shape of one latent ``(C, H, W)`` (any number of dims works; GAS's discriminator wants ``(C, H, W)`` or
+    #: ``(C, T, H, W)``).
     latent_shape: tuple[int, ...]
     #: ``indices -> dict`` of batched keyword arguments for ``denoiser``.
     conditions: Callable[[list[int]], dict[str, torch.Tensor]]

@@ -11,7 +11,7 @@ import torch
 
 from gas.atomic_file import write_atomically
 
-__all__ = ["BASELINE_REFERENCE", "latents_to_images", "save_grid", "scores_table", "write_markdown"]
+__all__ = ["BASELINE_REFERENCE", "first_frame", "latents_to_images", "save_grid", "scores_table", "write_markdown"]
 
 #: The baseline every table compares against (the untrained solver).
 BASELINE_REFERENCE = "DPM-Solver++(3M)"
@@ -43,12 +43,17 @@ def scores_table(methods: dict[str, dict[str, float]], nfe: int, *, reference: s
     return "\n".join(lines)
 
 
+def first_frame(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` as it is; of video ``[B, C, T, H, W]`` (or more axes) the first frame ``[B, C, H, W]``."""
+    while x.ndim > 4:
+        x = x[:, :, 0]
+    return x
+
+
 def latents_to_images(latents: torch.Tensor) -> torch.Tensor:
     """A viewable ``[B, 3, H, W]`` image in [-1, 1] from arbitrary latents (first 3 channels, scaled to +-3 std; the
-    first frame of video latents ``[B, C, T, H, W]``)."""
-    x = latents.float()
-    if x.dim() == 5:
-        x = x[:, :, 0]
+    first frame of video latents)."""
+    x = first_frame(latents.float())
     x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, *x.shape[2:])
     scale = 3.0 * x.std().clamp_min(1e-6)
     return (x / scale).clamp(-1, 1)

@@ -47,14 +47,13 @@ class RunState:
         self.disc_opt: torch.optim.Optimizer | None = None
         if config.mode == "gas":
             shape = tuple(problem.latent_shape)
-            if len(shape) != 3:
-                raise ConfigError(f"the GAS discriminator needs (C, H, W) latents, got shape {list(shape)}; use "
-                                  "`mode` gs")
+            if len(shape) not in (3, 4):
+                raise ConfigError(f"the GAS discriminator needs image latents (C, H, W) or video latents "
+                                  f"(C, T, H, W), got shape {list(shape)}; use `mode` gs")
             widths, groups = config.disc_architecture()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(config.seed, "discriminator"))
-                self.disc = LatentDiscriminator(shape[0], shape[1], shape[2], widths=widths, groups=groups,
-                                                blocks=config.disc_blocks)
+                self.disc = LatentDiscriminator(*shape, widths=widths, groups=groups, blocks=config.disc_blocks)
             self.disc.to(self.device).requires_grad_(False)
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=config.disc_lr)
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
