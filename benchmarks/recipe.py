@@ -126,6 +126,10 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     "lr 2e-3+cosine": lambda iters: {"lr": 2e-3, "lr_schedule": "cosine"},
     "lr 3e-3+cosine": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine"},
     "ema 0.99": lambda iters: {"ema": 0.99},
+    "batch 16 x iters/4+lr 3e-3+cosine": lambda iters: {"batch": 16, "iters": max(1, iters // 4), "lr": 3e-3,
+                                                        "lr_schedule": "cosine"},
+    "lr 5e-3+cosine": lambda iters: {"lr": 5e-3, "lr_schedule": "cosine"},
+    "lr 3e-3+warmup5%+cosine": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "lr_warmup": max(1, iters // 20)},
 }
 
 
@@ -163,11 +167,12 @@ def exact_solution(problem: DistillProblem, noise: torch.Tensor, cond: dict[str,
 
 def run_config(root: Path, teacher: str, setting: str, nfe: int, seed: int, args: argparse.Namespace) -> DistillConfig:
     overrides = SETTINGS[setting](args.iters)
+    iters = overrides.get("iters", args.iters)  # a setting may trade iterations for batch
     return DistillConfig.from_recipe(
         "paper", **{
             "nfe": nfe, "mode": "gs", "seed": seed, "iters": args.iters, "train_size": args.train_size,
-            "val_size": args.val_size, "eval_every": max(1, args.iters // 10), "ckpt_every": args.iters,
-            "log_every": args.iters, "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0,
+            "val_size": args.val_size, "eval_every": max(1, iters // 10), "ckpt_every": iters,
+            "log_every": iters, "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0,
             "overwrite": True, "name": f"{teacher}-{list(SETTINGS).index(setting)}-s{seed}",
             "out_dir": str(root / "out"), "cache_dir": str(root / "cache"), "run_dir": str(root / "runs"),
             **overrides,

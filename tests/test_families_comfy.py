@@ -5,13 +5,14 @@ loaded through UNETLoader's code path (``comfy.sd.load_diffusion_model``); the c
 random tensors of each family's shapes (text context, pooled output / SDXL's ADM inputs, Flux's guidance), because
 ComfyUI's text encoders for these families are fixed full-size models (OpenCLIP-H, CLIP-G, T5-XXL, umT5-XXL) that a
 test cannot build. GAS Sigmas and GAS Sampler run through ComfyUI's RandomNoise, CFGGuider and
-SamplerCustomAdvanced nodes, in one worker process (tests/helpers/family_checks.py), since importing ComfyUI changes
+SamplerCustomAdvanced nodes, GAS Model Patch through ComfyUI's KSampler, GAS Train Solver with the conditioning
+connected, in one worker process (tests/helpers/family_checks.py), since importing ComfyUI changes
 an interpreter for good.
 
 Cost (2-core CPU): the files are written once per test session into pytest's temporary folder, about 1.2 GB in all
 (fp16: Flux 808 MB, the smallest model ComfyUI still calls Flux; SDXL 263 MB; SD2-v 146 MB; SD3 4 MB; Wan 2 MB
-each), in about 10 s; loading takes 0.1-4 s a family. The whole file takes about 2 CPU-minutes (sampling about
-half, the five tiny trainer runs the other half, Flux and SD2-v the largest): 1 min 45 s on two shared cores.
+each), in about 10 s; loading takes 0.1-4 s a family. The worker (sampling, the stock path, the refusals and eight
+tiny GAS Train Solver runs) takes 45-130 s on two shared cores, depending on the load.
 
 The 5-D tests at the end need no ComfyUI: ``gas.sample_gas`` on video latents (B, C, T, H, W).
 """

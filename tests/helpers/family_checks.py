@@ -11,11 +11,12 @@ this repository as a node pack, and for each tiny family file (tests/helpers/tin
   untrained solver's sigmas, with conditioning built here (random tensors of the family's shapes);
 * ``refusals``: the message GAS Sigmas and GAS Sampler give for solvers made for another schedule kind, another
   family and another prediction type;
-* ``training`` (families named with ``--train NAME:MODE,...``): the trainer's Python API
-  (``trainer.distill.distill_denoiser``, unchanged) distils a 4-step solver from ComfyUI's own CFG denoiser around
-  the loaded model (``comfy.samplers.sampling_function``, float timesteps for discrete schedules, as the trainer's
-  ComfyUI adapter builds it) with the same random conditioning, in a tiny configuration; the solver file it writes
-  then samples through GAS Sigmas + GAS Sampler.
+* ``stock``: GAS Model Patch + ComfyUI's own KSampler (sampler and scheduler "gas") with the random solver, against
+  the GAS Sampler latent, and its refusal of the solvers made for something else;
+* ``training`` (families named with ``--train NAME:MODE,...``): GAS Train Solver (the node's own ``execute``, as
+  ComfyUI's executor calls it) distils a 4-step solver with the same conditioning connected (Flux: FluxGuidance's
+  value 2.5 in it; Wan: the frame count of the family's latent), in a tiny configuration, into a temporary
+  ``models/gas_solvers``; the solver file it writes then samples through GAS Sigmas + GAS Sampler.
 
 Writes one JSON report; importing ComfyUI changes an interpreter for good, hence the separate process.
 """
@@ -75,6 +76,8 @@ class NodeRunner:
         self.train_node, self.train_dir = train.GASTrainSolver, train._solver_dir
         self.patch_node = importlib.import_module(f"{pack.__name__}.nodes.model_patch_node").GASModelPatch
         self.ksampler = importlib.import_module("nodes").KSampler()
+        # what the pack's extension does when ComfyUI loads it: sampler and scheduler "gas" in ComfyUI's lists
+        importlib.import_module(f"{pack.__name__}.nodes.stock_registration").register()
 
     def stock(self, model: Any, solver: str, steps: int, positive: Any, negative: Any, cfg: float,
               latent_shape: tuple[int, ...]) -> torch.Tensor:
