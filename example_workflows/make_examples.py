@@ -285,7 +285,7 @@ def train() -> Graph:
     g.link(ckpt, 1, lora, "clip")
     trainer = g.add("GASTrainSolver", (720, 0), (360, 620),
                     ["", "", CFG, SIZE, SIZE, str(NFE), "gas", 2000, SEED, "fixed", "sd15-my-lora", False,
-                     0, 4, 0.001, 1400, 128, 100],
+                     0, 4, 0.001, 1400, 128, 100, 0.0, 0],
                     inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")],
                     outputs=[("solver", "COMBO"), ("preview", "IMAGE"), ("report", "STRING")])
     g.link(lora, 0, trainer, "model")

@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"weight of the adversarial loss (default: {_D.disc_weight:g}{demo('disc_weight')})")
     adv.add_argument("--r1-gamma", type=float, default=None,
                      help=f"gamma of the R1 + R2 penalties (default: {_D.r1_gamma:g})")
+    adv.add_argument("--r1-every", type=int, default=None,
+                     help=f"R1/R2 penalty on every N-th discriminator step only, weighted N times (lazy "
+                          f"regularisation; default: {_D.r1_every}, every step)")
+    adv.add_argument("--disc-every", type=int, default=None,
+                     help=f"one discriminator step every N iterations (default: {_D.disc_every})")
     adv.add_argument("--disc-size", choices=tuple(DISC_PRESETS), default=None,
                      help=f"discriminator size: paper = R3GAN latent (22.4 M parameters at 4x64x64), small = for "
                           f"tests and demos (default: {_D.disc_preset}{demo('disc_preset')})")
@@ -281,7 +286,9 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
         lr_schedule=pick(args.lr_schedule, "lr_schedule"), lr_warmup=pick(args.lr_warmup, "lr_warmup"),
         time_init=pick(args.time_init, "time_init"), loss=pick(args.loss, "loss"),
         disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
-        r1_gamma=pick(args.r1_gamma, "r1_gamma"), disc_preset=pick(args.disc_size, "disc_preset"), teacher=args.teacher,
+        r1_gamma=pick(args.r1_gamma, "r1_gamma"), r1_every=pick(args.r1_every, "r1_every"),
+        disc_every=pick(args.disc_every, "disc_every"), disc_preset=pick(args.disc_size, "disc_preset"),
+        teacher=args.teacher,
         teacher_steps=args.teacher_steps, teacher_order=args.teacher_order, teacher_batch=args.teacher_batch,
         grad_checkpoint=not args.no_grad_checkpoint, amp=args.amp, out_dir=args.out, cache_dir=args.cache_dir,
         run_dir=args.run_dir, name=args.name, overwrite=args.overwrite, resume=args.resume,

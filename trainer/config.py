@@ -48,7 +48,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
         "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "loss": "l1", "disc_lr": 1e-5,
-        "disc_weight": 1.0, "r1_gamma": 0.2,
+        "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
     },
 }
 
@@ -80,6 +80,9 @@ class DistillConfig:
     disc_lr: float = 1e-5  #: Adam learning rate of the discriminator
     disc_weight: float = 1.0  #: weight of the adversarial loss in the solver's loss
     r1_gamma: float = 0.2  #: weight gamma of the R1 + R2 gradient penalties (applied as gamma/2)
+    #: R1 + R2 on every N-th discriminator step only, weighted N times (StyleGAN2's lazy regularisation); 1 = paper
+    r1_every: int = 1
+    disc_every: int = 1  #: one discriminator step every N iterations (1 = every iteration, the paper)
     disc_preset: str = "paper"  #: discriminator size: "paper" (R3GAN latent, 22 M params at 4x64x64) or "small"
     disc_widths: tuple[int, ...] | None = None  #: override the preset's per-stage widths
     disc_groups: tuple[int, ...] | None = None  #: override the preset's per-stage group counts
@@ -183,7 +186,7 @@ class DistillConfig:
              f"`t_eps` must lie strictly between 0 and 1, got {self.t_eps!r}")
         need(is_int(self.seed) and self.seed >= 0, f"`seed` must be a non-negative integer, got {self.seed!r}")
         for name in ("train_size", "val_size", "batch", "iters", "teacher_batch", "eval_batch", "ckpt_every",
-                     "eval_every", "log_every", "disc_blocks"):
+                     "eval_every", "log_every", "disc_blocks", "r1_every", "disc_every"):
             value = getattr(self, name)
             need(is_int(value) and value >= 1, f"`{name}` must be a positive integer, got {value!r}")
         need(is_int(self.lr_warmup) and 0 <= self.lr_warmup < self.iters,

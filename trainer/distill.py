@@ -167,7 +167,8 @@ def train(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPaths
                     step = run.step
                     batch = training_batch(ctx.problem, config, step, data.train_noise, data.train_lat, dist)
                     try:
-                        stats = discriminator_step(ctx, run, batch) if run.disc is not None else {}
+                        disc_turn = run.disc is not None and (step - 1) % config.disc_every == 0
+                        stats = discriminator_step(ctx, run, batch) if disc_turn else {}
                         stats.update(solver_step(ctx, run, batch))
                     except NonFiniteError as exc:
                         raise _diverged(exc, step, last_good, paths.state) from None

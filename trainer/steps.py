@@ -62,13 +62,16 @@ def _reduce(dist: Dist, params: list[nn.Parameter], stats: list[torch.Tensor]) -
 
 
 def discriminator_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, float]:
-    """One Adam step of the discriminator against the student's samples of fresh noise; returns its stats."""
+    """One Adam step of the discriminator against the student's samples of fresh noise; returns its stats. The R1 + R2
+    penalty applies on every ``r1_every``-th discriminator step (the first included), weighted ``r1_every`` times."""
     assert run.disc is not None and run.disc_opt is not None
     prob, cfg = ctx.problem, ctx.config
     fake_init = start_state(prob, batch.fake_noise(cfg), ctx.s0)
     fake = run_student(prob, run.solver, fake_init, batch.cond, autocast=ctx.autocast, differentiable=False)
     run.disc.requires_grad_(True)
-    d_loss_ps, parts = discriminator_loss(run.disc, batch.real, fake, cfg.r1_gamma)
+    d_steps_before = (run.step - 1) // cfg.disc_every  # this is discriminator step d_steps_before + 1
+    gamma = cfg.r1_gamma * cfg.r1_every if d_steps_before % cfg.r1_every == 0 else 0.0
+    d_loss_ps, parts = discriminator_loss(run.disc, batch.real, fake, gamma)
     d_loss = d_loss_ps.mean()
     run.disc_opt.zero_grad(set_to_none=True)
     if ctx.dist.distributed or torch.isfinite(d_loss):
