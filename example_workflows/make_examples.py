@@ -283,7 +283,7 @@ def train() -> Graph:
                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP")], mode=BYPASSED)
     g.link(ckpt, 0, lora, "model")
     g.link(ckpt, 1, lora, "clip")
-    trainer = g.add("GASTrainSolver", (720, 0), (360, 620),
+    trainer = g.add("GASTrainSolver", (720, 0), (360, 720),
                     ["", "", CFG, SIZE, SIZE, str(NFE), "gas", 2000, SEED, "fixed", "sd15-my-lora", False,
                      0, 4, 0.001, 1400, 128, 100, 0.0, 0],
                     inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")],
@@ -291,11 +291,11 @@ def train() -> Graph:
     g.link(lora, 0, trainer, "model")
     g.link(lora, 1, trainer, "clip")
     g.link(ckpt, 2, trainer, "vae")
-    pos = g.add("CLIPTextEncode", (720, 680), (400, 160), [POSITIVE], inputs=[("clip", "CLIP")],
+    pos = g.add("CLIPTextEncode", (720, 780), (400, 160), [POSITIVE], inputs=[("clip", "CLIP")],
                 outputs=[("CONDITIONING", "CONDITIONING")], title="Positive prompt")
-    neg = g.add("CLIPTextEncode", (720, 880), (400, 120), [NEGATIVE], inputs=[("clip", "CLIP")],
+    neg = g.add("CLIPTextEncode", (720, 980), (400, 120), [NEGATIVE], inputs=[("clip", "CLIP")],
                 outputs=[("CONDITIONING", "CONDITIONING")], title="Negative prompt (empty, as in training)")
-    latent = g.add("EmptyLatentImage", (720, 1040), (320, 110), [SIZE, SIZE, 1], outputs=[("LATENT", "LATENT")])
+    latent = g.add("EmptyLatentImage", (720, 1140), (320, 110), [SIZE, SIZE, 1], outputs=[("LATENT", "LATENT")])
     g.link(lora, 1, pos, "clip")
     g.link(lora, 1, neg, "clip")
     trained = f"sd15-my-lora-nfe{NFE}-gas.safetensors"

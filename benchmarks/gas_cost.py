@@ -1,0 +1,154 @@
+"""GAS mode's cost and distribution gain against GS on the recipe bench's teachers: a table.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.gas_cost --teachers demo,hard,flow --json gas.jsonl
+    python -m benchmarks.gas_cost --load gas.jsonl                     # the table again, from the saved runs
+
+For each teacher and seed, a GS solver (the paper recipe) and GAS solvers with the discriminator settings of each
+variant, at one NFE, trained through the public ``trainer.distill.distill``. Scores on held-out noises the training
+never sees, against the exact probability-flow ODE solution (``benchmarks.recipe.exact_solution``):
+
+* **L1**: mean |x - x_exact|;
+* **FD**: the Frechet distance between the Gaussian fits of the solver's and the exact samples' features, the latents
+  average-pooled to at most 4x4 per channel (at most 64 features, so 512 samples estimate the covariances):
+  ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)``; a distribution distance, as GAS's adversarial
+  loss targets (L1 to paired samples cannot see a mean-regressed, too smooth sample set);
+* **train s**: the training loop's seconds (the teacher is shared), and its ratio to GS's on the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer.config import DistillConfig
+from trainer.distill import distill
+from trainer.evaluate import sample_solver
+from trainer.runtime import resolve_amp
+from trainer.teacher import end_sigmas, sample_noise
+
+from .recipe import HELDOUT_START, TEACHERS, exact_solution
+
+#: Variants: name -> DistillConfig overrides of the paper recipe (mode and discriminator settings).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "GS": {"mode": "gs"},
+    "GAS small": {"mode": "gas", "disc_preset": "small"},
+    "GAS small, R1 every 16, D every 4, 1 block": {"mode": "gas", "disc_preset": "small", "r1_every": 16,
+                                                   "disc_every": 4, "disc_blocks": 1},
+    "GAS small, R1 every 16, D every 2, 1 block": {"mode": "gas", "disc_preset": "small", "r1_every": 16,
+                                                   "disc_every": 2, "disc_blocks": 1},
+}
+
+
+@dataclass
+class CostResult:
+    teacher: str
+    variant: str
+    seed: int
+    l1: float
+    fd: float
+    train_seconds: float
+
+
+def pooled_features(x: torch.Tensor) -> torch.Tensor:
+    """``[N, C * h * w]`` with ``h, w <= 4``: each channel average-pooled (video latents: frames folded into C)."""
+    x = x.double()
+    if x.ndim == 5:
+        x = x.flatten(1, 2)
+    h, w = min(4, x.shape[-2]), min(4, x.shape[-1])
+    return F.adaptive_avg_pool2d(x, (h, w)).flatten(1)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between the Gaussian fits of feature sets ``a`` and ``b`` ``[N, D]`` (float64)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(cov_a)
+    root_a = (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+    middle = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
+
+
+def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
+    results: list[CostResult] = []
+    for teacher in args.teachers:
+        problem = TEACHERS[teacher]()
+        idx = list(range(HELDOUT_START, HELDOUT_START + args.heldout))
+        noise = sample_noise(idx, problem.latent_shape, 0)
+        cond = problem.conditions(idx)
+        t_eps = DistillConfig().t_eps
+        exact = exact_solution(problem, noise, cond, t_eps, args.exact_steps)
+        exact_features = pooled_features(exact)
+        s0 = end_sigmas(problem, t_eps)[0]
+        no_amp = resolve_amp("off", problem.device)
+        for seed in range(args.seeds):
+            for variant in args.variants:
+                cfg = DistillConfig.from_recipe("paper", **{
+                    "nfe": args.nfe, "seed": seed, "iters": args.iters, "train_size": args.train_size,
+                    "val_size": 64, "eval_every": args.iters, "ckpt_every": args.iters, "log_every": args.iters,
+                    "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0, "overwrite": True,
+                    "name": f"{teacher}-{list(VARIANTS).index(variant)}-s{seed}", "out_dir": str(root / "out"),
+                    "cache_dir": str(root / "cache"), "run_dir": str(root / "runs"), **VARIANTS[variant]})
+                res = distill(problem, cfg, progress=False)
+                out = sample_solver(problem, res.solver, idx, noise, s0, autocast=no_amp, batch=64)
+                r = CostResult(teacher, variant, seed, float((out - exact).abs().mean()),
+                               frechet_distance(pooled_features(out), exact_features), res.train_seconds)
+                results.append(r)
+                print(f"  {teacher} | {variant} | seed {seed} | L1 {r.l1:.4f} | FD {r.fd:.4g} | "
+                      f"train {r.train_seconds:.1f}s", flush=True)
+                if args.json is not None:
+                    with args.json.open("a") as f:
+                        f.write(json.dumps(asdict(r)) + "\n")
+    return results
+
+
+def format_table(results: list[CostResult]) -> str:
+    """Per (teacher, variant): mean L1, mean FD, mean train seconds and mean ratio to GS on the same seeds."""
+    gs = {(r.teacher, r.seed): r for r in results if r.variant == "GS"}
+    lines = ["| teacher | variant | mean L1 | mean FD to exact | train s | train / GS |",
+             "|---|---|---:|---:|---:|---:|"]
+    keys = list(dict.fromkeys((r.teacher, r.variant) for r in results))
+    for teacher, variant in keys:
+        runs = [r for r in results if (r.teacher, r.variant) == (teacher, variant)]
+        ratios = [r.train_seconds / gs[(teacher, r.seed)].train_seconds for r in runs if (teacher, r.seed) in gs]
+        ratio = sum(ratios) / len(ratios) if ratios else math.nan
+        lines.append(f"| {teacher} | {variant} | {sum(r.l1 for r in runs) / len(runs):.4f} | "
+                     f"{sum(r.fd for r in runs) / len(runs):.4g} | "
+                     f"{sum(r.train_seconds for r in runs) / len(runs):.1f} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teachers", default="demo,hard,flow")
+    ap.add_argument("--variants", default=";".join(VARIANTS), help=f"separated by ';', of: {'; '.join(VARIANTS)}")
+    ap.add_argument("--nfe", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--train-size", type=int, default=1400)
+    ap.add_argument("--heldout", type=int, default=512)
+    ap.add_argument("--exact-steps", type=int, default=512)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--load", type=Path, nargs="+", default=None)
+    args = ap.parse_args(argv)
+    if args.load:
+        results = [CostResult(**json.loads(line)) for p in args.load for line in p.read_text().splitlines() if line]
+    else:
+        args.teachers = args.teachers.split(",")
+        args.variants = [v.strip() for v in args.variants.split(";") if v.strip()]
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; NFE {args.nfe}, iters {args.iters}, "
+              f"train {args.train_size}, held-out {args.heldout} vs exact ODE, seeds {args.seeds}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            results = run(args, Path(tmp))
+    print(format_table(results))
+
+
+if __name__ == "__main__":
+    main()
