@@ -130,6 +130,11 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
                                                         "lr_schedule": "cosine"},
     "lr 5e-3+cosine": lambda iters: {"lr": 5e-3, "lr_schedule": "cosine"},
     "lr 3e-3+warmup5%+cosine": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "lr_warmup": max(1, iters // 20)},
+    "best": lambda iters: {"select": "best", "eval_every": max(1, iters // 20)},
+    "lr 3e-3+cosine+best": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "select": "best",
+                                          "eval_every": max(1, iters // 20)},
+    "lr 2e-3+cosine+best": lambda iters: {"lr": 2e-3, "lr_schedule": "cosine", "select": "best",
+                                          "eval_every": max(1, iters // 20)},
 }
 
 

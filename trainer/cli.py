@@ -28,7 +28,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_TEACHER_STEPS, DISC_PRESETS, LR_SCHEDULES, PACK_ROOT, RECIPES, TIME_INITS, DistillConfig
+from .config import (
+    DEFAULT_TEACHER_STEPS,
+    DISC_PRESETS,
+    LR_SCHEDULES,
+    PACK_ROOT,
+    RECIPES,
+    SELECTIONS,
+    TIME_INITS,
+    DistillConfig,
+)
 from .distributed import (
     Dist,
     env_rank,
@@ -159,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--time-init", choices=TIME_INITS, default=None,
                       help=f"initial solver timesteps: uniform in GAS time, or uniform in log-SNR "
                            f"(default: {_D.time_init})")
+    data.add_argument("--select", choices=SELECTIONS, default=None,
+                      help="which EMA solver is written: last (the end of training, the paper) or best (the lowest "
+                           "held-out L1 of the checks every --eval-every iterations)")
     data.add_argument("--loss", choices=("l1", "lpips"), default=None,
                       help=f"distillation loss: L1 on latents, or LPIPS-VGG on decoded images (needs the VGG "
                            f"weights) (default: {_D.loss})")
@@ -284,7 +296,7 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
         batch=pick(args.batch, "batch"), iters=pick(args.iters, "iters"), lr=pick(args.lr, "lr"),
         grad_clip=pick(args.grad_clip, "grad_clip"), ema=pick(args.ema, "ema"),
         lr_schedule=pick(args.lr_schedule, "lr_schedule"), lr_warmup=pick(args.lr_warmup, "lr_warmup"),
-        time_init=pick(args.time_init, "time_init"), loss=pick(args.loss, "loss"),
+        time_init=pick(args.time_init, "time_init"), select=pick(args.select, "select"), loss=pick(args.loss, "loss"),
         disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
         r1_gamma=pick(args.r1_gamma, "r1_gamma"), r1_every=pick(args.r1_every, "r1_every"),
         disc_every=pick(args.disc_every, "disc_every"), disc_preset=pick(args.disc_size, "disc_preset"),

@@ -19,7 +19,7 @@ from gas import MAX_NFE, MIN_NFE
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "LR_SCHEDULES", "MODES", "PACK_ROOT", "RECIPES",
-           "TEACHERS", "TIME_INITS", "DistillConfig"]
+           "SELECTIONS", "TEACHERS", "TIME_INITS", "DistillConfig"]
 
 #: The pack folder (the repository root): default outputs live below it.
 PACK_ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,8 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 #: Initial timestep grids of the solver (``trainer.schedule.initial_times``).
 TIME_INITS = ("uniform", "logsnr")
+#: Which EMA solver a run writes (``DistillConfig.select``).
+SELECTIONS = ("last", "best")
 #: Discriminator widths / groups per stage (stages are added or dropped to fit the latent size).
 DISC_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "paper": ((384, 768, 768, 768, 768), (48, 96, 96, 96, 96)),
@@ -47,8 +49,8 @@ DISC_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
-        "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "loss": "l1", "disc_lr": 1e-5,
-        "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
+        "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "select": "last", "loss": "l1",
+        "disc_lr": 1e-5, "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
     },
 }
 
@@ -75,6 +77,9 @@ class DistillConfig:
     lr_schedule: str = "constant"  #: solver lr over iterations: "constant" (paper) or "cosine" decay to 0 at `iters`
     lr_warmup: int = 0  #: iterations of linear lr warm-up from 0 before the schedule (0 = none, the paper)
     time_init: str = "uniform"  #: initial solver timesteps: "uniform" in GAS time (paper) or "logsnr"-uniform
+    #: which EMA solver is written: "last" (the end of training, the paper) or "best" (the lowest held-out L1 among
+    #: the checks every `eval_every` iterations and the end: early stopping on the held-out teacher samples)
+    select: str = "last"
     loss: str = "l1"  #: distillation loss: "l1" on latents, or "lpips" (VGG) on decoded images
     # ----- adversarial (mode "gas") ------------------------------------------------------------------------------
     disc_lr: float = 1e-5  #: Adam learning rate of the discriminator
@@ -179,6 +184,7 @@ class DistillConfig:
         need(self.amp in AMP_MODES, f"`amp` must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         need(self.lr_schedule in LR_SCHEDULES,
              f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        need(self.select in SELECTIONS, f"`select` must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
         need(self.time_init in TIME_INITS,
              f"`time_init` must be one of {', '.join(TIME_INITS)}, got {self.time_init!r}")
         need(self.disc_preset in DISC_PRESETS, f"`disc_preset` must be one of {', '.join(DISC_PRESETS)}")

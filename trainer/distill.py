@@ -172,9 +172,13 @@ def train(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPaths
                         stats.update(solver_step(ctx, run, batch))
                     except NonFiniteError as exc:
                         raise _diverged(exc, step, last_good, paths.state) from None
-                    if step == 1 or (step % config.eval_every == 0 and step < config.iters):
+                    checked = step == 1 or (step % config.eval_every == 0 and step < config.iters) or (
+                        step == config.iters and config.select == "best")
+                    if checked:
                         stats["val_l1"] = heldout_l1(ctx.problem, config, run.ema_solver(), data,
                                                      autocast=ctx.autocast, dist=dist)
+                        if config.select == "best":
+                            run.note_heldout(stats["val_l1"])
                     stop = guard.interrupted or (should_stop is not None and should_stop())
                     interrupted = dist.any_flag(stop)  # every rank stops at the same iteration
                     if step % config.ckpt_every == 0 or step == config.iters or interrupted:
@@ -229,7 +233,10 @@ def _finish(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPat
     """Evaluate the EMA solver on the held-out samples and write its file and report (rank 0); the result."""
     problem, config, dist = ctx.problem, ctx.config, ctx.dist
     label = config.mode.upper()
-    solver = run.ema_solver()
+    solver = run.best_solver() if config.select == "best" else run.ema_solver()
+    if config.select == "best" and run.best is not None and dist.is_main:
+        log.info("writing the EMA solver of iteration %d (held-out L1 %.5g, the lowest of the checks)",
+                 run.best[1], run.best[0])
     scores, outputs = evaluate_solver(problem, config, solver, data, label, autocast=ctx.autocast,
                                       lpips_model=ctx.lpips, dist=dist)
     solver = solver.cpu()

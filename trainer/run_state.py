@@ -58,6 +58,8 @@ class RunState:
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=config.disc_lr)
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.step = 0
+        #: ``select="best"``: the lowest held-out L1 seen, its iteration and its EMA parameters (CPU copies)
+        self.best: tuple[float, int, list[torch.Tensor]] | None = None
 
     def state_dict(self, teacher_key: str, config: DistillConfig) -> dict[str, Any]:
         """The checkpoint's contents (CPU tensors, plus the config and the teacher-cache key it was trained with)."""
@@ -68,6 +70,8 @@ class RunState:
         }
         if torch.cuda.is_available() and self.device.type == "cuda" and not self.distributed:
             st["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if self.best is not None:
+            st["best"] = {"l1": self.best[0], "step": self.best[1], "ema": [t.clone() for t in self.best[2]]}
         if self.disc is not None and self.disc_opt is not None:
             st["disc"] = {k: v.detach().cpu() for k, v in self.disc.state_dict().items()}
             st["disc_opt"] = self.disc_opt.state_dict()
@@ -90,6 +94,22 @@ class RunState:
         if "cuda_rng" in st and torch.cuda.is_available() and not self.distributed:
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         self.step = int(st["step"])
+        if "best" in st:
+            self.best = (float(st["best"]["l1"]), int(st["best"]["step"]), list(st["best"]["ema"]))
+
+    def note_heldout(self, l1: float) -> None:
+        """Remember the EMA parameters when held-out L1 ``l1`` (of the current EMA solver) is the lowest so far."""
+        if self.best is None or l1 < self.best[0]:
+            self.best = (l1, self.step, [s.detach().cpu().clone() for s in self.ema.shadow])
+
+    def best_solver(self) -> GeneralizedSolver:
+        """A CPU solver holding the best EMA parameters noted (:meth:`note_heldout`), else the current EMA's."""
+        out = self.ema_solver()
+        if self.best is not None:
+            with torch.no_grad():
+                for p, s in zip(out.parameters(), self.best[2], strict=True):
+                    p.copy_(s)
+        return out
 
     def ema_solver(self) -> GeneralizedSolver:
         """A CPU copy of the solver holding the EMA parameters (what is evaluated and saved)."""
