@@ -185,3 +185,32 @@ def test_a_recipe_sets_what_the_command_line_leaves_out(monkeypatch):
     paper = cli.config_from_args(parser.parse_args(["--demo"]), demo=True)
     assert (paper.lr, paper.batch, paper.ema) == (config.DistillConfig().lr, config.DistillConfig().batch,
                                                  config.DistillConfig().ema)
+
+
+def test_select_best_writes_the_checked_solver_with_the_lowest_heldout_l1(tmp_path):
+    """``select="best"``: the solver written is the EMA solver of the periodic check with the lowest held-out L1 (the
+    checks' values come through the callback), not the last one, when a late check is worse; "last" keeps the end."""
+    kw = {"iters": 12, "eval_every": 2, "lr": 0.3, "ema": 0.0, "report": False}  # a high rate: a noisy curve
+    checks: list[tuple[int, float]] = []
+    best = distill(tiny_problem(), tiny_config(tmp_path / "best", select="best", **kw), progress=False,
+                   callback=lambda step, stats: checks.append((step, stats["val_l1"])) if "val_l1" in stats else None)
+    last = distill(tiny_problem(), tiny_config(tmp_path / "last", **kw), progress=False)
+    assert [s for s, _ in checks] == [1, 2, 4, 6, 8, 10, 12]
+    lowest = min(v for _, v in checks)
+    assert best.scores["methods"][best.label]["l1"] == pytest.approx(lowest, rel=1e-6)
+    assert lowest < checks[-1][1]  # this run's last check is not its best (fixed seed), so the two files differ
+    assert not torch.equal(best.solver.a, last.solver.a)
+
+
+def test_select_best_resume_is_exact(tmp_path):
+    kw = {"iters": 10, "ckpt_every": 100, "eval_every": 2, "lr": 0.3, "ema": 0.0, "select": "best", "report": False}
+    whole = distill(tiny_problem(), tiny_config(tmp_path / "a", **kw), progress=False)
+    split = tiny_config(tmp_path / "b", **kw)
+    steps: list[int] = []
+    with pytest.raises(TrainingInterruptedError):
+        distill(tiny_problem(), split, progress=False, callback=lambda step, _: steps.append(step),
+                should_stop=lambda: len(steps) >= 5)
+    split.resume = True
+    resumed = distill(tiny_problem(), split, progress=False)
+    a, b = load_file(str(whole.solver_path)), load_file(str(resumed.solver_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
