@@ -168,6 +168,14 @@ def test_train_node_distils_a_solver_that_samples(report: dict[str, Any], name: 
     assert len(trained["preview"]) == 4 and trained["preview"][-1] == 3
 
 
+def test_train_node_guidance_input_wins_over_the_conditioning(report: dict[str, Any]) -> None:
+    """GAS Train Solver's ``guidance`` input (3.0) replaces the connected conditioning's FluxGuidance value (2.5) in
+    the training and in the file."""
+    from tests.helpers.family_checks import OVERRIDE_GUIDANCE
+
+    assert report["flux"]["training"]["guidance_input"]["guidance"] == OVERRIDE_GUIDANCE
+
+
 # ----- 5-D latents, no ComfyUI ----------------------------------------------------------------------------------------
 
 

@@ -39,6 +39,8 @@ from tests.helpers.paths import REPO_ROOT
 SEED = 42
 #: The Flux guidance the training conditioning carries (FluxGuidance's value), not the model's default 3.5.
 TRAIN_GUIDANCE = 2.5
+#: GAS Train Solver's own ``guidance`` input, set on top of that conditioning.
+OVERRIDE_GUIDANCE = 3.0
 CFG = {"sd2v": 5.0, "sdxl": 5.0, "sd3": 4.0, "flux": 1.0, "wan21": 5.0, "wan22": 5.0}
 #: What each family's solvers of another family record (same schedule kind, so only the family differs).
 OTHER_FAMILY = {"sd2v": "SDXL", "sdxl": "SD15", "sd3": "Flux", "flux": "SD3", "wan21": "SD3", "wan22": "WAN21_T2V"}
@@ -260,6 +262,14 @@ def training_checks(comfy: Any, runner: NodeRunner, model: Any, name: str, famil
             entry.update(shape=list(latent.shape), finite=bool(torch.isfinite(latent).all()))
         entry.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
         out[mode] = entry
+    if family.guidance is not None:  # the node's guidance input wins over the conditioning's
+        result = node.execute(model=model, prompts="", negative="", cfg=CFG[name], width=width, height=height,
+                              nfe="4", mode="gs", iterations=1, seed=SEED, solver_name=f"trained-{name}-guidance",
+                              overwrite=True, teacher_steps=4, batch=2, train_size=2, val_size=2,
+                              checkpoint_every=10_000, conditioning=positive, negative_conditioning=negative,
+                              guidance=OVERRIDE_GUIDANCE)
+        path = Path(runner.solver_folder.full_path(result.result[0]))
+        out["guidance_input"] = {"guidance": load_solver(path).metadata.get("guidance")}
     return out
 
 
