@@ -135,8 +135,12 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
                                           "eval_every": max(1, iters // 20)},
     "lr 2e-3+cosine+best": lambda iters: {"lr": 2e-3, "lr_schedule": "cosine", "select": "best",
                                           "eval_every": max(1, iters // 20)},
+    "starts 4": lambda iters: {"starts": 4},
+    "starts 4+best": lambda iters: {"starts": 4, "select": "best", "eval_every": max(1, iters // 20)},
+    "starts 4+lr 2e-3+cosine+best": lambda iters: {"starts": 4, "lr": 2e-3, "lr_schedule": "cosine",
+                                                   "select": "best", "eval_every": max(1, iters // 20)},
     # the ceiling: the same solver family trained 10x longer on twice the batch (20x the samples)
-    "ceiling: 10x iters, batch 8, lr 2e-3+cosine+best": lambda iters: {
+    "ceiling 10x iters+batch 8+lr 2e-3+cosine+best": lambda iters: {
         "iters": 10 * iters, "batch": 8, "lr": 2e-3, "lr_schedule": "cosine", "select": "best",
         "eval_every": max(1, iters // 2)},
 }

@@ -214,3 +214,42 @@ def test_select_best_resume_is_exact(tmp_path):
     resumed = distill(tiny_problem(), split, progress=False)
     a, b = load_file(str(whole.solver_path)), load_file(str(resumed.solver_path))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_starts_pick_the_candidate_with_the_lowest_heldout_l1(tmp_path, caplog):
+    """``starts=3``: three candidates from the uniform, the half-way and the log-SNR grid, each trained
+    ``start_iters`` iterations and scored on the held-out samples; the winner goes on at iteration 3 x start_iters,
+    so the run's iteration count (and its log) is that of one start."""
+    import logging
+
+    from trainer.starts import start_blends
+
+    assert start_blends(3) == [0.0, 0.5, 1.0] and start_blends(1) == [0.0]
+    cfg = tiny_config(tmp_path, iters=10, starts=3, start_iters=2, report=False)
+    steps: list[int] = []
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        result = distill(tiny_problem(), cfg, progress=False, callback=lambda step, _: steps.append(step))
+    assert steps == list(range(7, 11))  # 3 x 2 iterations went into the starts
+    scores = [float(m.split("held-out L1 ")[1].split()[0]) for m in caplog.messages if m.startswith("start ")]
+    assert len(scores) == 3
+    assert result.solver.metadata["iterations"] == 10
+
+
+def test_bad_starts_get_one_sentence():
+    with pytest.raises(ConfigError) as info:
+        DistillConfig(iters=10, starts=5, start_iters=2).validate()
+    assert "starts x start_iters (5 x 2) must be fewer than iters (10)" in str(info.value)
+
+
+def test_starts_resume_after_the_choice_is_exact(tmp_path):
+    kw = {"iters": 12, "ckpt_every": 100, "starts": 2, "start_iters": 2, "report": False}
+    whole = distill(tiny_problem(), tiny_config(tmp_path / "a", **kw), progress=False)
+    split = tiny_config(tmp_path / "b", **kw)
+    steps: list[int] = []
+    with pytest.raises(TrainingInterruptedError):
+        distill(tiny_problem(), split, progress=False, callback=lambda step, _: steps.append(step),
+                should_stop=lambda: len(steps) >= 3)
+    split.resume = True
+    resumed = distill(tiny_problem(), split, progress=False)
+    a, b = load_file(str(whole.solver_path)), load_file(str(resumed.solver_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

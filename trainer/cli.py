@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--time-init", choices=TIME_INITS, default=None,
                       help=f"initial solver timesteps: uniform in GAS time, or uniform in log-SNR "
                            f"(default: {_D.time_init})")
+    data.add_argument("--starts", type=int, default=None,
+                      help="multi-start: K short runs from K initial grids (uniform to log-SNR), the best on the "
+                           "held-out samples goes on; their iterations count in --iters (default: 1)")
+    data.add_argument("--start-iters", type=int, default=None,
+                      help="iterations of each start (default: --iters / (5 K))")
     data.add_argument("--select", choices=SELECTIONS, default=None,
                       help="which EMA solver is written: last (the end of training, the paper) or best (the lowest "
                            "held-out L1 of the checks every --eval-every iterations)")
@@ -296,7 +301,9 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
         batch=pick(args.batch, "batch"), iters=pick(args.iters, "iters"), lr=pick(args.lr, "lr"),
         grad_clip=pick(args.grad_clip, "grad_clip"), ema=pick(args.ema, "ema"),
         lr_schedule=pick(args.lr_schedule, "lr_schedule"), lr_warmup=pick(args.lr_warmup, "lr_warmup"),
-        time_init=pick(args.time_init, "time_init"), select=pick(args.select, "select"), loss=pick(args.loss, "loss"),
+        time_init=pick(args.time_init, "time_init"), select=pick(args.select, "select"),
+        starts=pick(args.starts, "starts"), start_iters=pick(args.start_iters, "start_iters"),
+        loss=pick(args.loss, "loss"),
         disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
         r1_gamma=pick(args.r1_gamma, "r1_gamma"), r1_every=pick(args.r1_every, "r1_every"),
         disc_every=pick(args.disc_every, "disc_every"), disc_preset=pick(args.disc_size, "disc_preset"),

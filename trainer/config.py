@@ -49,7 +49,7 @@ DISC_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
-        "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "select": "last", "loss": "l1",
+        "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "starts": 1, "select": "last", "loss": "l1",
         "disc_lr": 1e-5, "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
     },
 }
@@ -77,6 +77,9 @@ class DistillConfig:
     lr_schedule: str = "constant"  #: solver lr over iterations: "constant" (paper) or "cosine" decay to 0 at `iters`
     lr_warmup: int = 0  #: iterations of linear lr warm-up from 0 before the schedule (0 = none, the paper)
     time_init: str = "uniform"  #: initial solver timesteps: "uniform" in GAS time (paper) or "logsnr"-uniform
+    #: multi-start: K short runs from K initial grids (uniform .. log-SNR), the best goes on (trainer/starts.py)
+    starts: int = 1
+    start_iters: int | None = None  #: iterations of each start (default: `iters` / (5 K), at least 1)
     #: which EMA solver is written: "last" (the end of training, the paper) or "best" (the lowest held-out L1 among
     #: the checks every `eval_every` iterations and the end: early stopping on the held-out teacher samples)
     select: str = "last"
@@ -133,6 +136,10 @@ class DistillConfig:
             return self.teacher_steps
         return DEFAULT_TEACHER_STEPS if self.teacher == "dpmpp3m" else self.nfe + 1
 
+    def start_length(self) -> int:
+        """Iterations of each start of a multi-start run (:attr:`start_iters`, default ``iters / (5 starts)``)."""
+        return int(self.start_iters) if self.start_iters is not None else max(1, self.iters // (5 * self.starts))
+
     def disc_architecture(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Discriminator (widths, groups) after the preset and the overrides."""
         widths, groups = DISC_PRESETS[self.disc_preset]
@@ -184,6 +191,14 @@ class DistillConfig:
         need(self.amp in AMP_MODES, f"`amp` must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         need(self.lr_schedule in LR_SCHEDULES,
              f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        need(is_int(self.starts) and self.starts >= 1, f"`starts` must be a positive integer, got {self.starts!r}")
+        if self.start_iters is not None:
+            need(is_int(self.start_iters) and self.start_iters >= 1,
+                 f"`start_iters` must be a positive integer, got {self.start_iters!r}")
+        if is_int(self.starts) and self.starts > 1:
+            need(self.starts * self.start_length() < self.iters,
+                 f"`starts` x `start_iters` ({self.starts} x {self.start_length()}) must be fewer than `iters` "
+                 f"({self.iters})")
         need(self.select in SELECTIONS, f"`select` must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
         need(self.time_init in TIME_INITS,
              f"`time_init` must be one of {', '.join(TIME_INITS)}, got {self.time_init!r}")

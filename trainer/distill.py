@@ -41,6 +41,7 @@ from .problem import DistillProblem
 from .report import scores_table
 from .run_state import RunState, save_checkpoint, start_or_resume
 from .runtime import resolve_amp
+from .starts import best_start
 from .steps import NonFiniteError, StepContext, discriminator_step, solver_step
 from .teacher import end_sigmas
 from .teacher_data import TeacherData, load_teacher
@@ -135,8 +136,13 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
     data = load_teacher(problem, config, autocast, progress=progress, dist=dist, on_progress=on_progress,
                         should_stop=should_stop)
 
-    run = RunState(problem, config, fp16=autocast.dtype == torch.float16, distributed=dist.distributed)
+    def make_run() -> RunState:
+        return RunState(problem, config, fp16=autocast.dtype == torch.float16, distributed=dist.distributed)
+
+    run = make_run()
     start_or_resume(run, config, paths, data.cache.key, dist)
+    if config.starts > 1 and run.step == 0:
+        run = best_start(ctx, make_run, data)
     if dist.is_main:
         if config.resume:
             log.info("resuming %s at iteration %d of %d", paths.stem, run.step, config.iters)

@@ -97,6 +97,10 @@ class RunState:
         if "best" in st:
             self.best = (float(st["best"]["l1"]), int(st["best"]["step"]), list(st["best"]["ema"]))
 
+    def reset_ema(self) -> None:
+        """Restart the EMA from the current parameters (after the initial grid changed)."""
+        self.ema = EMA(self.params, self.ema.decay)
+
     def note_heldout(self, l1: float) -> None:
         """Remember the EMA parameters when held-out L1 ``l1`` (of the current EMA solver) is the lowest so far."""
         if self.best is None or l1 < self.best[0]:

@@ -38,25 +38,31 @@ def learning_rate(config: DistillConfig, step: int) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
-def initial_times(nfe: int, t_eps: float, schedule: NoiseSchedule, kind: str) -> torch.Tensor:
-    """The ``nfe + 1`` starting solver times ``[1, ..., t_eps]`` (float64) of grid ``kind`` (see the module)."""
-    if kind == "uniform":
-        return torch.linspace(1.0, t_eps, nfe + 1, dtype=torch.float64)
+def initial_times(nfe: int, t_eps: float, schedule: NoiseSchedule, kind: str, blend: float | None = None
+                  ) -> torch.Tensor:
+    """The ``nfe + 1`` starting solver times ``[1, ..., t_eps]`` (float64) of grid ``kind`` (see the module);
+    ``blend`` ``w`` in [0, 1] instead gives ``(1 - w)`` uniform + ``w`` log-SNR grid, time by time (monotone)."""
+    uniform = torch.linspace(1.0, t_eps, nfe + 1, dtype=torch.float64)
+    if blend is None and kind == "uniform":
+        return uniform
     ends = schedule.sigma_of_time(torch.tensor([1.0, t_eps], dtype=torch.float64))
     sig = logsnr_grid(schedule, float(ends[0]), float(ends[1]), nfe)
     times = schedule.time_of_sigma(sig).to(torch.float64)
     times[0], times[-1] = 1.0, t_eps
+    if blend is not None:
+        times = (1.0 - blend) * uniform + blend * times
     return times
 
 
 @torch.no_grad()
-def set_initial_times(solver: GeneralizedSolver, schedule: NoiseSchedule, kind: str) -> None:
-    """Start ``solver`` on the grid :func:`initial_times` (``kind`` "uniform" leaves the constructor's logits, bit for
-    bit). Inverts the stick-breaking map: ``P_m = (1 - u_m) / (1 - t_eps)`` for the ascending interior times ``u_m``,
-    ``mu_1 = P_1``, ``mu_m = P_m / P_{m-1}``."""
-    if kind == "uniform" or solver.nfe < 2:
+def set_initial_times(solver: GeneralizedSolver, schedule: NoiseSchedule, kind: str,
+                      blend: float | None = None) -> None:
+    """Start ``solver`` on the grid :func:`initial_times` (``kind`` "uniform" without ``blend`` leaves the
+    constructor's logits, bit for bit). Inverts the stick-breaking map: ``P_m = (1 - u_m) / (1 - t_eps)`` for the
+    ascending interior times ``u_m``, ``mu_1 = P_1``, ``mu_m = P_m / P_{m-1}``."""
+    if (kind == "uniform" and blend is None) or solver.nfe < 2:
         return
-    times = initial_times(solver.nfe, solver.t_eps, schedule, kind)
+    times = initial_times(solver.nfe, solver.t_eps, schedule, kind, blend)
     interior_ascending = times[1:-1].flip(0)
     prod = (1.0 - interior_ascending) / (1.0 - solver.t_eps)
     mu = prod / torch.cat([prod.new_ones(1), prod[:-1]])
