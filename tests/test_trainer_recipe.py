@@ -253,3 +253,15 @@ def test_starts_resume_after_the_choice_is_exact(tmp_path):
     resumed = distill(tiny_problem(), split, progress=False)
     a, b = load_file(str(whole.solver_path)), load_file(str(resumed.solver_path))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_starts_in_gas_mode_train_the_distillation_loss_only(tmp_path, monkeypatch):
+    """In GAS mode the candidates step the solver without the adversarial term (no discriminator call); the
+    winner's discriminator then trains from its fresh initialisation."""
+    calls: list[int] = []
+    real = trainer.steps.generator_adversarial_loss
+    monkeypatch.setattr(trainer.steps, "generator_adversarial_loss",
+                        lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    cfg = tiny_config(tmp_path, mode="gas", disc_preset="small", iters=6, starts=2, start_iters=2, report=False)
+    result = distill(tiny_problem(), cfg, progress=False)
+    assert len(calls) == 6 - 2 * 2 and result.solver.metadata["mode"] == "gas"

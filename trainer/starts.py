@@ -43,9 +43,11 @@ def best_start(ctx: StepContext, make_run: Callable[[], RunState], data: Teacher
         run = make_run()
         set_initial_times(run.solver, ctx.problem.schedule, config.time_init, blend)
         run.reset_ema()
+        disc, run.disc = run.disc, None  # the distillation loss only: GAS's discriminator starts with the winner
         for step in range(1, n + 1):
             run.step = step
             solver_step(ctx, run, training_batch(ctx.problem, config, step, data.train_noise, data.train_lat, dist))
+        run.disc = disc
         l1 = heldout_l1(ctx.problem, config, run.ema_solver(), data, autocast=ctx.autocast, dist=dist)
         if dist.is_main:
             log.info("start %d of %d (grid blend %.2f uniform -> log-SNR): held-out L1 %.5g after %d iterations",
