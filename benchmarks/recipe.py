@@ -139,6 +139,9 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     "starts 4+best": lambda iters: {"starts": 4, "select": "best", "eval_every": max(1, iters // 20)},
     "starts 4+lr 2e-3+cosine+best": lambda iters: {"starts": 4, "lr": 2e-3, "lr_schedule": "cosine",
                                                    "select": "best", "eval_every": max(1, iters // 20)},
+    "lr 3e-3+cosine+coef lr x1/3": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "coef_lr_scale": 1 / 3},
+    "lr 3e-3+cosine+coef lr x1/3+starts 4": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine",
+                                                           "coef_lr_scale": 1 / 3, "starts": 4},
     # the ceiling: the same solver family trained 10x longer on twice the batch (20x the samples)
     "ceiling 10x iters+batch 8+lr 2e-3+cosine+best": lambda iters: {
         "iters": 10 * iters, "batch": 8, "lr": 2e-3, "lr_schedule": "cosine", "select": "best",

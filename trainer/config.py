@@ -49,7 +49,8 @@ DISC_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
-        "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "starts": 1, "select": "last", "loss": "l1",
+        "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "coef_lr_scale": 1.0, "starts": 1,
+        "select": "last", "loss": "l1",
         "disc_lr": 1e-5, "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
     },
 }
@@ -77,6 +78,7 @@ class DistillConfig:
     lr_schedule: str = "constant"  #: solver lr over iterations: "constant" (paper) or "cosine" decay to 0 at `iters`
     lr_warmup: int = 0  #: iterations of linear lr warm-up from 0 before the schedule (0 = none, the paper)
     time_init: str = "uniform"  #: initial solver timesteps: "uniform" in GAS time (paper) or "logsnr"-uniform
+    coef_lr_scale: float = 1.0  #: learning rate of the coefficient corrections relative to `lr` (timesteps: `lr`)
     #: multi-start: K short runs from K initial grids (uniform .. log-SNR), the best goes on (trainer/starts.py)
     starts: int = 1
     start_iters: int | None = None  #: iterations of each start (default: `iters` / (5 K), at least 1)
@@ -222,7 +224,7 @@ class DistillConfig:
             need(is_int(self.teacher_steps) and 1 <= self.teacher_steps <= 10000,
                  f"`teacher_steps` must be an integer from 1 to 10000, got {self.teacher_steps!r}")
         need(self.teacher_order in (1, 2, 3, 4), f"`teacher_order` must be 1..4, got {self.teacher_order!r}")
-        for name in ("lr", "disc_lr"):
+        for name in ("lr", "disc_lr", "coef_lr_scale"):
             value = getattr(self, name)
             need(is_num(value) and value > 0, f"`{name}` must be a positive number, got {value!r}")
         for name in ("grad_clip", "disc_weight", "r1_gamma"):

@@ -41,7 +41,13 @@ class RunState:
         set_initial_times(self.solver, problem.schedule, config.time_init)
         self.solver.to(self.device)
         self.params = list(self.solver.parameters())
-        self.opt = torch.optim.Adam(self.params, lr=config.lr)
+        if config.coef_lr_scale == 1.0:  # one group (the paper; the Adam state of earlier versions resumes)
+            self.opt = torch.optim.Adam(self.params, lr=config.lr)
+        else:  # the timesteps (mu_logit, t_couple) at lr, the coefficient corrections (a, c) at lr x the scale
+            times = [self.solver.mu_logit, self.solver.t_couple]
+            coefs = [p for p in self.params if all(p is not q for q in times)]
+            self.opt = torch.optim.Adam([{"params": times, "lr_scale": 1.0},
+                                         {"params": coefs, "lr_scale": float(config.coef_lr_scale)}], lr=config.lr)
         self.ema = EMA(self.params, config.ema)
         self.disc: LatentDiscriminator | None = None
         self.disc_opt: torch.optim.Optimizer | None = None

@@ -112,7 +112,7 @@ def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, floa
         raise NonFiniteError("loss", reduced[0])
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
     for group in run.opt.param_groups:  # exactly cfg.lr for the paper's constant schedule
-        group["lr"] = learning_rate(cfg, run.step)
+        group["lr"] = learning_rate(cfg, run.step) * group.get("lr_scale", 1.0)
     if run.scaler is not None:
         run.scaler.unscale_(run.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, clip)
