@@ -30,11 +30,8 @@ import torch.nn.functional as F
 
 from trainer.config import DistillConfig
 from trainer.distill import distill
-from trainer.evaluate import sample_solver
-from trainer.runtime import resolve_amp
-from trainer.teacher import end_sigmas, sample_noise
 
-from .recipe import HELDOUT_START, TEACHERS, exact_solution
+from .recipe import TEACHERS, held_out
 
 #: Variants: name -> DistillConfig overrides of the paper recipe (mode and discriminator settings).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -80,14 +77,8 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
     results: list[CostResult] = []
     for teacher in args.teachers:
         problem = TEACHERS[teacher]()
-        idx = list(range(HELDOUT_START, HELDOUT_START + args.heldout))
-        noise = sample_noise(idx, problem.latent_shape, 0)
-        cond = problem.conditions(idx)
-        t_eps = DistillConfig().t_eps
-        exact = exact_solution(problem, noise, cond, t_eps, args.exact_steps)
-        exact_features = pooled_features(exact)
-        s0 = end_sigmas(problem, t_eps)[0]
-        no_amp = resolve_amp("off", problem.device)
+        ref = held_out(problem, args.heldout, args.exact_steps)
+        exact_features = pooled_features(ref.exact)
         for seed in range(args.seeds):
             for variant in args.variants:
                 cfg = DistillConfig.from_recipe("paper", **{
@@ -97,8 +88,8 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
                     "name": f"{teacher}-{list(VARIANTS).index(variant)}-s{seed}", "out_dir": str(root / "out"),
                     "cache_dir": str(root / "cache"), "run_dir": str(root / "runs"), **VARIANTS[variant]})
                 res = distill(problem, cfg, progress=False)
-                out = sample_solver(problem, res.solver, idx, noise, s0, autocast=no_amp, batch=64)
-                r = CostResult(teacher, variant, seed, float((out - exact).abs().mean()),
+                out = ref.sample(problem, res.solver)
+                r = CostResult(teacher, variant, seed, float((out - ref.exact).abs().mean()),
                                frechet_distance(pooled_features(out), exact_features), res.train_seconds)
                 results.append(r)
                 print(f"  {teacher} | {variant} | seed {seed} | L1 {r.l1:.4f} | FD {r.fd:.4g} | "

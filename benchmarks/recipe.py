@@ -181,6 +181,32 @@ def exact_solution(problem: DistillProblem, noise: torch.Tensor, cond: dict[str,
     return sample_gas(problem.denoiser, x, sigmas, extra_args=cond, disable=True, schedule=problem.schedule).float()
 
 
+@dataclass
+class HeldOut:
+    """A teacher's bench held-out set: sample indices (from 10^6 on), noises, conditioning, exact ODE end states."""
+
+    idx: list[int]
+    noise: torch.Tensor
+    cond: dict[str, Any]
+    exact: torch.Tensor
+    s0: float
+    autocast: Any
+
+    def sample(self, problem: DistillProblem, solver: Any) -> torch.Tensor:
+        """``solver``'s end states from the held-out noises."""
+        return sample_solver(problem, solver, self.idx, self.noise, self.s0, autocast=self.autocast, batch=64)
+
+
+def held_out(problem: DistillProblem, n: int, exact_steps: int) -> HeldOut:
+    """The first ``n`` held-out samples of ``problem`` with their exact solutions (``exact_steps`` steps)."""
+    idx = list(range(HELDOUT_START, HELDOUT_START + n))
+    noise = sample_noise(idx, problem.latent_shape, 0)
+    cond = problem.conditions(idx)
+    t_eps = DistillConfig().t_eps
+    return HeldOut(idx, noise, cond, exact_solution(problem, noise, cond, t_eps, exact_steps),
+                   end_sigmas(problem, t_eps)[0], resolve_amp("off", problem.device))
+
+
 def run_config(root: Path, teacher: str, setting: str, nfe: int, seed: int, args: argparse.Namespace) -> DistillConfig:
     overrides = SETTINGS[setting](args.iters)
     iters = overrides.get("iters", args.iters)  # a setting may trade iterations for batch
@@ -201,12 +227,8 @@ def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResu
     results: list[RunResult] = []
     for teacher in args.teachers:
         problem = TEACHERS[teacher]()
-        idx = list(range(HELDOUT_START, HELDOUT_START + args.heldout))
-        noise = sample_noise(idx, problem.latent_shape, 0)
-        cond = problem.conditions(idx)
-        exact = exact_solution(problem, noise, cond, DistillConfig().t_eps, args.exact_steps)
-        s0 = end_sigmas(problem, DistillConfig().t_eps)[0]
-        no_amp = resolve_amp("off", problem.device)
+        ref = held_out(problem, args.heldout, args.exact_steps)
+        no_amp = ref.autocast
         for seed in range(args.seeds):
             base = run_config(root, teacher, "paper", args.nfe[0], seed, args)
             t0 = time.perf_counter()
@@ -223,8 +245,7 @@ def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResu
                     cfg = run_config(root, teacher, setting, nfe, seed, args)
                     res = distill(problem, cfg, progress=False, callback=collect)
                     curve.append((cfg.iters, float(res.scores["methods"][res.label]["l1"])))
-                    out = sample_solver(problem, res.solver, idx, noise, s0, autocast=no_amp, batch=64)
-                    l1 = float((out - exact).abs().mean())
+                    l1 = float((ref.sample(problem, res.solver) - ref.exact).abs().mean())
                     r = RunResult(teacher, setting, nfe, seed, l1, teacher_s, res.train_seconds, curve)
                     results.append(r)
                     if on_result is not None:

@@ -90,18 +90,22 @@ def test_the_optimiser_steps_at_the_scheduled_learning_rate(tmp_path, monkeypatc
     assert not torch.equal(cosine.solver.a, constant.solver.a)
 
 
-def test_cosine_resume_is_exact(tmp_path):
-    kw = {"iters": 10, "ckpt_every": 100, "lr_schedule": "cosine", "lr_warmup": 3, "report": False}
+def assert_resume_is_exact(tmp_path, stop_after: int, **kw) -> None:
+    """A run stopped after ``stop_after`` iterations and resumed writes the uninterrupted run's file bit for bit."""
     whole = distill(tiny_problem(), tiny_config(tmp_path / "a", **kw), progress=False)
     split = tiny_config(tmp_path / "b", **kw)
     steps: list[int] = []
     with pytest.raises(TrainingInterruptedError):
         distill(tiny_problem(), split, progress=False, callback=lambda step, _: steps.append(step),
-                should_stop=lambda: len(steps) >= 4)
+                should_stop=lambda: len(steps) >= stop_after)
     split.resume = True
     resumed = distill(tiny_problem(), split, progress=False)
     a, b = load_file(str(whole.solver_path)), load_file(str(resumed.solver_path))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cosine_resume_is_exact(tmp_path):
+    assert_resume_is_exact(tmp_path, 4, iters=10, ckpt_every=100, lr_schedule="cosine", lr_warmup=3, report=False)
 
 
 def test_resume_refuses_another_schedule(tmp_path):
@@ -203,17 +207,8 @@ def test_select_best_writes_the_checked_solver_with_the_lowest_heldout_l1(tmp_pa
 
 
 def test_select_best_resume_is_exact(tmp_path):
-    kw = {"iters": 10, "ckpt_every": 100, "eval_every": 2, "lr": 0.3, "ema": 0.0, "select": "best", "report": False}
-    whole = distill(tiny_problem(), tiny_config(tmp_path / "a", **kw), progress=False)
-    split = tiny_config(tmp_path / "b", **kw)
-    steps: list[int] = []
-    with pytest.raises(TrainingInterruptedError):
-        distill(tiny_problem(), split, progress=False, callback=lambda step, _: steps.append(step),
-                should_stop=lambda: len(steps) >= 5)
-    split.resume = True
-    resumed = distill(tiny_problem(), split, progress=False)
-    a, b = load_file(str(whole.solver_path)), load_file(str(resumed.solver_path))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(tmp_path, 5, iters=10, ckpt_every=100, eval_every=2, lr=0.3, ema=0.0, select="best",
+                           report=False)
 
 
 def test_starts_pick_the_candidate_with_the_lowest_heldout_l1(tmp_path, caplog):
@@ -242,17 +237,7 @@ def test_bad_starts_get_one_sentence():
 
 
 def test_starts_resume_after_the_choice_is_exact(tmp_path):
-    kw = {"iters": 12, "ckpt_every": 100, "starts": 2, "start_iters": 2, "report": False}
-    whole = distill(tiny_problem(), tiny_config(tmp_path / "a", **kw), progress=False)
-    split = tiny_config(tmp_path / "b", **kw)
-    steps: list[int] = []
-    with pytest.raises(TrainingInterruptedError):
-        distill(tiny_problem(), split, progress=False, callback=lambda step, _: steps.append(step),
-                should_stop=lambda: len(steps) >= 3)
-    split.resume = True
-    resumed = distill(tiny_problem(), split, progress=False)
-    a, b = load_file(str(whole.solver_path)), load_file(str(resumed.solver_path))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(tmp_path, 3, iters=12, ckpt_every=100, starts=2, start_iters=2, report=False)
 
 
 def test_starts_in_gas_mode_train_the_distillation_loss_only(tmp_path, monkeypatch):
@@ -265,3 +250,20 @@ def test_starts_in_gas_mode_train_the_distillation_loss_only(tmp_path, monkeypat
     cfg = tiny_config(tmp_path, mode="gas", disc_preset="small", iters=6, starts=2, start_iters=2, report=False)
     result = distill(tiny_problem(), cfg, progress=False)
     assert len(calls) == 6 - 2 * 2 and result.solver.metadata["mode"] == "gas"
+
+
+def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
+    """``benchmarks.gas_cost``: the Frechet distance is 0 between a set and itself, grows with a shift of the mean
+    (by |shift|^2) and with a change of spread; the bench runs end to end on the tiny teacher and prints its table."""
+    from benchmarks import gas_cost
+
+    x = torch.randn(256, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    f = gas_cost.pooled_features(x)
+    assert f.shape == (256, 2 * 4 * 4)
+    assert gas_cost.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-9)
+    assert gas_cost.frechet_distance(f, f + 0.5) == pytest.approx(0.25 * f.shape[1], rel=1e-6)
+    assert gas_cost.frechet_distance(f, 2 * f) > 0.1
+    gas_cost.main(["--teachers", "tiny", "--seeds", "1", "--iters", "3", "--train-size", "8", "--heldout", "16",
+                   "--exact-steps", "16", "--variants", "GS;GAS small, R1 every 16, D every 4, 1 block"])
+    out = capsys.readouterr().out
+    assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
