@@ -276,20 +276,30 @@ def summary_rows(results: list[RunResult], nfes: list[int]) -> list[dict[str, An
 
 
 def format_table(results: list[RunResult], nfes: list[int]) -> str:
-    """The markdown ablation table (change against the same teacher's paper row in parentheses)."""
+    """The markdown ablation table (change against the same teacher's paper row in parentheses). "goal": at every
+    NFE the mean is at least 15% below the paper's and the worst seed below the paper's best seed."""
     rows = summary_rows(results, nfes)
     paper = {r["teacher"]: r for r in rows if r["setting"] == "paper"}
-    head = "| teacher | setting | " + " | ".join(
-        f"NFE {n} mean L1 | NFE {n} worst | NFE {n} wall s" for n in nfes) + " | stable |"
-    lines = [head, "|---|---|" + "---:|---:|---:|" * len(nfes) + "---|"]
+    paper_best = {(r.teacher, r.nfe): min(x.heldout_l1 for x in results if x.setting == "paper" and
+                                          (x.teacher, x.nfe) == (r.teacher, r.nfe))
+                  for r in results if r.setting == "paper"}
+    seeds = {(r.teacher, r.setting): len({x.seed for x in results if (x.teacher, x.setting) == (r.teacher, r.setting)})
+             for r in results}
+    head = "| teacher | setting | seeds | " + " | ".join(
+        f"NFE {n} mean L1 | NFE {n} worst | NFE {n} wall s" for n in nfes) + " | stable | goal |"
+    lines = [head, "|---|---|---:|" + "---:|---:|---:|" * len(nfes) + "---|---|"]
     for row in rows:
-        cells = []
+        cells, goal = [], row["setting"] != "paper"
         for n in nfes:
             ref = paper.get(row["teacher"], {}).get(f"mean{n}")
             rel = "" if ref is None or row["setting"] == "paper" else f" ({100 * (row[f'mean{n}'] / ref - 1):+.0f}%)"
+            best = paper_best.get((row["teacher"], n))
+            goal = goal and ref is not None and best is not None and row[f"mean{n}"] <= 0.85 * ref \
+                and row[f"worst{n}"] < best
             cells += [f"{row[f'mean{n}']:.4f}{rel}", f"{row[f'worst{n}']:.4f}", f"{row[f'wall{n}']:.1f}"]
-        lines.append(f"| {row['teacher']} | {row['setting']} | " + " | ".join(cells)
-                     + f" | {'yes' if row['stable'] else 'no'} |")
+        lines.append(f"| {row['teacher']} | {row['setting']} | {seeds[(row['teacher'], row['setting'])]} | "
+                     + " | ".join(cells) + f" | {'yes' if row['stable'] else 'no'} | "
+                     + ("-" if row["setting"] == "paper" else "yes" if goal else "no") + " |")
     return "\n".join(lines)
 
 
@@ -379,7 +389,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
                 ap.error(f"unknown {name} {value!r}; known: {', '.join(known)}")
     logging.getLogger("trainer").setLevel(logging.WARNING)
     if args.load is not None:
-        results = load_results(args.load)
+        results = [r for r in load_results(args.load) if r.setting in args.settings and r.teacher in args.teachers]
         print(format_table(results, sorted({r.nfe for r in results})))
         if args.png is not None:
             draw_curves(results, args.png)
