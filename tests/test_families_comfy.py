@@ -168,6 +168,19 @@ def test_train_node_distils_a_solver_that_samples(report: dict[str, Any], name: 
     assert len(trained["preview"]) == 4 and trained["preview"][-1] == 3
 
 
+@pytest.mark.parametrize(("role", "message"), [
+    ("no_conditioning", "no CLIP and no conditioning is connected"),
+    ("combined", "holds 2 conditionings (combined or concatenated)"),
+    ("guidance_on_cfg_model", "guidance applies to guidance-distilled models (Flux dev style)"),
+])
+def test_train_node_refuses_unusable_conditioning_with_one_sentence(report: dict[str, Any], role: str,
+                                                                    message: str) -> None:
+    """GAS Train Solver on SD3 refuses, before any training, a graph with neither CLIP nor conditioning, a combined
+    conditioning, and a guidance value for a model guided by cfg, each with one sentence."""
+    refused = report["sd3"]["training"]["refusals"][role]
+    assert refused is not None and message in refused and "\n" not in refused
+
+
 def test_train_node_guidance_input_wins_over_the_conditioning(report: dict[str, Any]) -> None:
     """GAS Train Solver's ``guidance`` input (3.0) replaces the connected conditioning's FluxGuidance value (2.5) in
     the training and in the file."""

@@ -267,3 +267,12 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
                    "--exact-steps", "16", "--variants", "GS;GAS small, R1 every 16, D every 4, 1 block"])
     out = capsys.readouterr().out
     assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
+
+
+def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_3x_rate():
+    tuned, paper = DistillConfig.from_recipe("tuned"), DistillConfig.from_recipe("paper")
+    assert (tuned.lr, tuned.lr_schedule) == (3e-3, "cosine")
+    changed = {k for k, v in tuned.to_dict().items() if paper.to_dict()[k] != v}
+    assert changed == {"lr", "lr_schedule"}
+    args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "tuned"])
+    assert cli.config_from_args(args).lr == 3e-3

@@ -262,6 +262,19 @@ def training_checks(comfy: Any, runner: NodeRunner, model: Any, name: str, famil
             entry.update(shape=list(latent.shape), finite=bool(torch.isfinite(latent).all()))
         entry.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
         out[mode] = entry
+    refusals: dict[str, str | None] = {}
+    for role, inputs in (("no_conditioning", {}), ("combined", {"conditioning": positive + negative}),
+                         ("guidance_on_cfg_model", {"conditioning": positive, "guidance": 2.0})):
+        if role == "guidance_on_cfg_model" and family.guidance is not None:
+            continue
+        try:
+            node.execute(model=model, prompts="", negative="", cfg=CFG[name], width=width, height=height, nfe="4",
+                         mode="gs", iterations=1, seed=SEED, solver_name=f"refused-{name}", overwrite=True,
+                         teacher_steps=4, batch=2, train_size=2, val_size=2, **inputs)
+            refusals[role] = None
+        except runner.logic.GASNodeError as exc:
+            refusals[role] = str(exc)
+    out["refusals"] = refusals
     if family.guidance is not None:  # the node's guidance input wins over the conditioning's
         result = node.execute(model=model, prompts="", negative="", cfg=CFG[name], width=width, height=height,
                               nfe="4", mode="gs", iterations=1, seed=SEED, solver_name=f"trained-{name}-guidance",
