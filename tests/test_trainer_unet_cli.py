@@ -5,9 +5,10 @@ UNETLoader / CLIPLoader code paths.
 The model is the tiny SD3 of tests/helpers/tiny_families.py (ComfyUI detects SD3, ModelSamplingDiscreteFlow shift 3);
 its text encoder is a random full-size CLIP-L file (``text_model.*``, 246 MB in fp16, written once per test session),
 loaded as ComfyUI's ``sd3`` type with CLIP-L alone, which pads the context to SD3's 4096 and the pooled output to
-2048. The other families' encoders (OpenCLIP-H, CLIP-G, T5-XXL, umT5-XXL) are too large for a test; GAS Train Solver
-covers them with a connected conditioning (tests/test_families_comfy.py). Cost: about 10 s to write the files, 5-8 s
-per trainer run on two CPU cores.
+2048. The tiny SDXL UNet trains with CLIP-L plus a random full-size CLIP-G (DualCLIPLoader's "sdxl" pair). The other
+families' encoders (OpenCLIP-H, T5-XXL, umT5-XXL) are too large for a test; GAS Train Solver covers them with a
+connected conditioning (tests/test_families_comfy.py). Cost: about 30 s to write the files (1.6 GB), 5-8 s per
+trainer run on two CPU cores, about a minute for SDXL (CLIP-G encodes the prompts on the CPU).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from safetensors import safe_open
 
 from tests.helpers.comfy_env import require_comfyui
 from tests.helpers.paths import REPO_ROOT
-from tests.helpers.tiny_checkpoints import write_clip_l
+from tests.helpers.tiny_checkpoints import write_clip_l, write_text_encoder
 from tests.helpers.tiny_families import write_tiny_family
 
 ENV = {"OMP_NUM_THREADS": "2", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -67,6 +68,22 @@ def test_unet_and_clip_train_a_solver_for_the_detected_family(files: dict[str, P
     assert "shift" not in meta
     report = (files["work"] / "out" / "sd3-own-nfe4-gs.md").read_text()
     assert f"{files['unet'].name} (SD3, flow-prediction" in report
+
+
+def test_sdxl_with_clip_l_and_clip_g_as_dualcliploader_loads_them(files: dict[str, Path]) -> None:
+    """The tiny SDXL UNet with random full-size CLIP-L and CLIP-G files (1.39 GB in fp16, written once per session)
+    as DualCLIPLoader's "sdxl" type: ComfyUI's SDXL text encoder (context 768 + 1280 = 2048, pooled CLIP-G output
+    into the ADM input with the image size); the file records SDXL, eps prediction and both text encoders."""
+    folder = files["unet"].parent
+    sdxl = write_tiny_family("sdxl", folder)
+    clip_g = write_text_encoder(folder / "clip_g.safetensors", "clip_g")
+    done = run_trainer(files, "--unet", str(sdxl), "--clip", str(files["clip"]), "--clip", str(clip_g),
+                       "--clip-type", "sdxl", "--name", "sdxl", "--width", "32", "--height", "32")
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = metadata(files["work"] / "out" / "sdxl-nfe4-gs.safetensors")
+    assert meta["model"]["family"] == "SDXL" and meta["model"]["prediction"] == "eps"
+    assert meta["text_encoders"] == f"{files['clip'].name}, {clip_g.name}"
+    assert meta["cfg"] == 7.0 and meta["model"]["width"] == 32
 
 
 def test_shift_option_sets_the_flow_shift_trained_with(files: dict[str, Path]) -> None:

@@ -28,7 +28,7 @@ from .errors import ProblemError
 __all__ = ["CLIP_TYPES", "apply_shift", "load_clip", "load_model", "load_vae", "resolve_file"]
 
 #: ComfyUI's text-encoder type for each model family (CLIPLoader's ``type``); others: "stable_diffusion".
-CLIP_TYPES: dict[str, str] = {"SD3": "sd3", "Flux": "flux", "FluxSchnell": "flux", "WAN21_T2V": "wan",
+CLIP_TYPES: dict[str, str] = {"SDXL": "sdxl", "SD3": "sd3", "Flux": "flux", "FluxSchnell": "flux", "WAN21_T2V": "wan",
                               "WAN21_I2V": "wan", "WAN22_T2V": "wan", "AuraFlow": "stable_diffusion"}
 _FOLDERS = {"ckpt": ("checkpoints", "checkpoint"), "unet": ("diffusion_models", "diffusion model"),
             "clip": ("text_encoders", "text encoder"), "vae": ("vae", "VAE")}
@@ -78,9 +78,10 @@ def load_model(comfy: dict[str, Any], path: Path, param: str, dtype: str) -> tup
 def load_clip(comfy: dict[str, Any], paths: Sequence[Path], clip_type: str) -> Any:
     """The text encoder of ``paths`` (one to three files) as CLIPLoader/DualCLIPLoader load it."""
     sd = comfy["sd"]
-    kind = getattr(sd.CLIPType, clip_type.upper(), None)
+    # "sdxl" is DualCLIPLoader's name for the stable_diffusion type with CLIP-L + CLIP-G
+    kind = sd.CLIPType.STABLE_DIFFUSION if clip_type == "sdxl" else getattr(sd.CLIPType, clip_type.upper(), None)
     if kind is None:
-        names = ", ".join(t.name.lower() for t in sd.CLIPType)
+        names = ", ".join(["sdxl", *(t.name.lower() for t in sd.CLIPType)])
         raise ProblemError(f"`clip_type` must be one of ComfyUI's text-encoder types ({names}), got '{clip_type}'")
     try:
         with torch.no_grad():

@@ -135,20 +135,21 @@ def unet_specs() -> Iterator[TensorSpec]:
     yield from _conv(f"{p}out.2", c, LATENT_CHANNELS, init="small")
 
 
-def clip_specs() -> Iterator[TensorSpec]:
-    """The full-size CLIP-L text model (ComfyUI's sd1_clip_config.json shapes)."""
-    p = CLIP_PREFIX
-    yield TensorSpec(f"{p}embeddings.token_embedding.weight", (CLIP_VOCAB, CLIP_WIDTH), "embedding")
-    yield TensorSpec(f"{p}embeddings.position_embedding.weight", (CLIP_POSITIONS, CLIP_WIDTH), "embedding")
-    for i in range(CLIP_LAYERS):
+def clip_specs(prefix: str = CLIP_PREFIX, width: int = CLIP_WIDTH, layers: int = CLIP_LAYERS,
+               mlp: int = CLIP_MLP) -> Iterator[TensorSpec]:
+    """A full-size CLIP text model; the defaults: CLIP-L (ComfyUI's sd1_clip_config.json shapes)."""
+    p = prefix
+    yield TensorSpec(f"{p}embeddings.token_embedding.weight", (CLIP_VOCAB, width), "embedding")
+    yield TensorSpec(f"{p}embeddings.position_embedding.weight", (CLIP_POSITIONS, width), "embedding")
+    for i in range(layers):
         layer = f"{p}encoder.layers.{i}"
-        yield from _norm(f"{layer}.layer_norm1", CLIP_WIDTH)
+        yield from _norm(f"{layer}.layer_norm1", width)
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            yield from _linear(f"{layer}.self_attn.{proj}", CLIP_WIDTH, CLIP_WIDTH)
-        yield from _norm(f"{layer}.layer_norm2", CLIP_WIDTH)
-        yield from _linear(f"{layer}.mlp.fc1", CLIP_WIDTH, CLIP_MLP)
-        yield from _linear(f"{layer}.mlp.fc2", CLIP_MLP, CLIP_WIDTH)
-    yield from _norm(f"{p}final_layer_norm", CLIP_WIDTH)
+            yield from _linear(f"{layer}.self_attn.{proj}", width, width)
+        yield from _norm(f"{layer}.layer_norm2", width)
+        yield from _linear(f"{layer}.mlp.fc1", width, mlp)
+        yield from _linear(f"{layer}.mlp.fc2", mlp, width)
+    yield from _norm(f"{p}final_layer_norm", width)
 
 
 def _taesd_block(name: str) -> Iterator[TensorSpec]:
@@ -255,19 +256,30 @@ def write_tiny_lora(path: Path, layers: dict[str, tuple[int, int]] = TINY_ATTENT
     return path
 
 
-def write_clip_l(path: str | os.PathLike[str], seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
-    """Write a random full-size CLIP-L text encoder as a stand-alone text-encoder file (the layout of ComfyUI's
-    ``models/text_encoders/clip_l.safetensors``: ``text_model.*`` plus ``text_projection.weight``), about 246 MB in
-    fp16; written once (an existing file is reused), to a temporary name first."""
+#: Stand-alone text encoders (ComfyUI's models/text_encoders layout): name -> (width, layers, MLP width); CLIP-G is
+#: ComfyUI's clip_config_bigg.json.
+TEXT_ENCODERS = {"clip_l": (CLIP_WIDTH, CLIP_LAYERS, CLIP_MLP), "clip_g": (1280, 32, 5120)}
+
+
+def write_text_encoder(path: str | os.PathLike[str], kind: str = "clip_l", seed: int = 0,
+                       dtype: torch.dtype = torch.float16) -> Path:
+    """Write a random full-size CLIP text encoder ``kind`` ("clip_l": 246 MB, "clip_g": 1.39 GB in fp16) as a
+    stand-alone file (``text_model.*`` plus ``text_projection.weight``, as ComfyUI's ``clip_l.safetensors`` /
+    ``clip_g.safetensors``); written once (an existing file is reused), to a temporary name first."""
     path = Path(path)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = CLIP_PREFIX.removesuffix("text_model.")
-    specs = [TensorSpec(s.name.removeprefix(prefix), s.shape, s.init) for s in clip_specs()]
-    specs.append(TensorSpec("text_projection.weight", (CLIP_WIDTH, CLIP_WIDTH), "fan_in"))
+    width, layers, mlp = TEXT_ENCODERS[kind]
+    specs = [*clip_specs("text_model.", width, layers, mlp), TensorSpec("text_projection.weight", (width, width),
+                                                                        "fan_in")]
     partial = path.with_suffix(".partial")
-    metadata = {"gas_tiny_clip_l": f"generator=ComfyUI-GAS tests/helpers/tiny_checkpoints.py seed={seed}"}
+    metadata = {"gas_tiny_text_encoder": f"generator=ComfyUI-GAS tests/helpers/tiny_checkpoints.py {kind} seed={seed}"}
     save_file(state_dict_from_specs(specs, seed, dtype), os.fspath(partial), metadata=metadata)
     partial.replace(path)
     return path
+
+
+def write_clip_l(path: str | os.PathLike[str], seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    """:func:`write_text_encoder` of CLIP-L."""
+    return write_text_encoder(path, "clip_l", seed, dtype)
