@@ -201,7 +201,7 @@ class GASTrainSolver(io.ComfyNode):
                 config.validate()
             if conditioning is not None and prompts.strip():
                 log.warning("[GAS] Train Solver: a conditioning is connected, so the prompts text is not used")
-            video = int(getattr(model.model.latent_format, "latent_dimensions", 2)) == 3
+            video = t["comfy_adapter"].is_video(model.model)  # the frames widget is ignored for image models
             conditioned = _Conditioning(clip, conditioning, negative_conditioning, guidance or None,
                                         (frames or None) if video else None)
             results = cls._train(t, model, conditioned, vae, configs, prompt_set, negative, cfg, width, height,

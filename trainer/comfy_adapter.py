@@ -30,7 +30,7 @@ import torch
 
 from gas import comfy_bridge
 
-from .comfy_loading import CLIP_TYPES, apply_shift, load_clip, load_model, load_vae, model_paths, resolve_file
+from .comfy_loading import CLIP_TYPES, apply_shift, load_clip, load_model, load_vae, resolve_file
 from .conditioning import GraphConditioning, PromptConditioning
 from .config import PACK_ROOT, DistillConfig
 from .errors import ProblemError
@@ -39,7 +39,8 @@ from .problem import DistillProblem
 from .prompts import PromptSet, load_prompts
 
 __all__ = ["FLUX_GUIDANCE", "ModelSource", "build_problem", "comfy_modules", "file_sha256", "find_comfyui",
-           "guidance_distilled", "import_comfy", "latent_shape_of", "problem_from_model", "resolve_checkpoint"]
+           "guidance_distilled", "image_size", "import_comfy", "is_video", "latent_shape_of", "problem_from_model",
+           "resolve_checkpoint", "video_frames"]
 
 log = logging.getLogger("trainer")
 
@@ -69,13 +70,30 @@ def guidance_distilled(base: Any) -> bool:
     return bool(getattr(params, "guidance_embed", False))
 
 
+def image_size(family: str, width: int | None, height: int | None) -> tuple[int, int]:
+    """``(width, height)``: the family's native size where not given; ``height`` defaults to ``width`` when only
+    ``width`` is given."""
+    native_w, native_h, _ = _FAMILY_DEFAULTS.get(family, _OTHER_DEFAULTS)
+    return int(width or native_w), int(height or (width if width else native_h))
+
+
+def is_video(base: Any) -> bool:
+    """Whether ComfyUI model ``base`` makes video: its latent format has 3 latent dimensions (B, C, T, H, W)."""
+    return int(getattr(base.latent_format, "latent_dimensions", 2)) == 3
+
+
+def video_frames(frames: int | None) -> int:
+    """A video model's length in frames: ``frames``, or :data:`_DEFAULT_FRAMES` when not given."""
+    return int(frames if frames is not None else _DEFAULT_FRAMES)
+
+
 def latent_shape_of(base: Any, vae: Any | None, width: int, height: int, frames: int | None,
                     family: str) -> tuple[int, ...]:
     """One sample's latent shape: ``(C, H/f, W/f)``, or ``(C, (frames - 1) // ft + 1, H/f, W/f)`` for a video model
-    (latent format with 3 latent dimensions), with ``f``/``ft`` the VAE's spatial/temporal compression."""
+    (:func:`is_video`), with ``f``/``ft`` the VAE's spatial/temporal compression."""
     latent_format = base.latent_format
     channels = int(latent_format.latent_channels)
-    video = int(getattr(latent_format, "latent_dimensions", 2)) == 3
+    video = is_video(base)
     spatial, temporal = _VIDEO_COMPRESSION.get(type(latent_format).__name__, (8, 4))
     if vae is not None:
         spatial = int(vae.spacial_compression_encode())
@@ -87,7 +105,7 @@ def latent_shape_of(base: Any, vae: Any | None, width: int, height: int, frames:
         if frames is not None:
             raise ProblemError(f"`frames` applies to video models only; this {family} model makes images")
         return channels, height // spatial, width // spatial
-    frames = int(frames if frames is not None else _DEFAULT_FRAMES)
+    frames = video_frames(frames)
     if frames < 1:
         raise ProblemError(f"`frames` must be at least 1, got {frames}")
     return channels, (frames - 1) // temporal + 1, height // spatial, width // spatial
@@ -207,7 +225,7 @@ def build_problem(ckpt: str | None = None, *, unet: str | None = None, clip: Seq
     folders = comfy["folder_paths"]
     param, model_name = ("ckpt", ckpt) if ckpt is not None else ("unet", unet)
     path = resolve_file(str(model_name), folders, param)
-    clip_paths = model_paths(list(clip), folders, "clip")
+    clip_paths = [resolve_file(str(name), folders, "clip") for name in clip]
     vae_path = resolve_file(vae, folders, "vae") if vae else None
     log.info("loading %s through ComfyUI at %s", path.name, root)
     patcher, text_encoder, own_vae = load_model(comfy, path, param, dtype)
@@ -220,9 +238,7 @@ def build_problem(ckpt: str | None = None, *, unet: str | None = None, clip: Seq
         raise ProblemError(f"'{path.name}' holds no text encoder; give its text-encoder files as `clip`"
                            + (" (and their type as `clip_type`)" if family not in CLIP_TYPES else ""))
     decoder = load_vae(comfy, vae_path) if vae_path is not None else own_vae
-    native_w, native_h, _ = _FAMILY_DEFAULTS.get(family, _OTHER_DEFAULTS)
-    w = int(width or native_w)
-    h = int(height or (width if width else native_h))
+    w, h = image_size(family, width, height)
     patcher, shift_text = apply_shift(patcher, shift, w, h, family)
     _, hashes_dir, _ = DistillConfig(cache_dir=None if cache_dir is None else str(cache_dir)).paths()
     identity: dict[str, Any] = {"file": path.name, "sha256": file_sha256(path, hashes_dir)}
@@ -230,9 +246,8 @@ def build_problem(ckpt: str | None = None, *, unet: str | None = None, clip: Seq
     if clip_paths:
         identity["text_encoders"] = [{"file": p.name, "sha256": file_sha256(p, hashes_dir)} for p in clip_paths]
         extra["text_encoders"] = ", ".join(p.name for p in clip_paths)
-    if shift is not None or shift_text != "the model's own":
-        identity["shift"] = shift_text
-        extra["shift"] = shift_text
+    if shift is not None or shift_text is not None:
+        identity["shift"] = extra["shift"] = shift_text or "the model's own"
     source = ModelSource(label=path.name, identity=identity, comfy_root=root, extra_metadata=extra)
     return problem_from_model(comfy, patcher, text_encoder, decoder, source, prompts=prompts, negative=negative,
                               cfg=cfg, width=w, height=h, frames=frames, guidance=guidance,
@@ -274,10 +289,9 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
     family = comfy_bridge.model_identity(patcher, fingerprint=False).get("family") or "unknown"
     if not info.learned_ok:
         raise ProblemError(f"{source.quoted} is a {family} model ({info.description or info.kind}): {info.reason}")
-    native_w, native_h, default_cfg = _FAMILY_DEFAULTS.get(family, _OTHER_DEFAULTS)
+    default_cfg = _FAMILY_DEFAULTS.get(family, _OTHER_DEFAULTS)[2]
     cfg = float(cfg) if cfg is not None else default_cfg
-    height = int(height or (width if width else native_h))
-    width = int(width or native_w)
+    width, height = image_size(family, width, height)
     base = patcher.model
     latent_shape = latent_shape_of(base, vae, width, height, frames, family)
     takes_guidance = guidance_distilled(base)
@@ -356,7 +370,7 @@ def problem_from_model(comfy: dict[str, Any], patcher: Any, clip: Any, vae: Any 
         identity["guidance"] = metadata["guidance"] = float(guidance_used)
     size = f"{width}x{height}"
     if len(latent_shape) == 4:
-        identity["frames"] = metadata["frames"] = int(frames or _DEFAULT_FRAMES)
+        identity["frames"] = metadata["frames"] = video_frames(frames)
         size += f"x{identity['frames']} frames"
     description = (f"{source.label} ({family}, {info.prediction}-prediction, {schedule.describe()}), {size}, "
                    f"cfg {cfg:g}" + (f", guidance {guidance_used:g}" if guidance_used is not None else "")

@@ -16,7 +16,6 @@ Flux, ``"auto"`` is ModelSamplingFlux's resolution rule (``mu`` linear in the nu
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,9 +106,11 @@ def load_vae(comfy: dict[str, Any], path: Path) -> Any:
     return vae
 
 
-def apply_shift(patcher: Any, shift: float | str | None, width: int, height: int, family: str) -> tuple[Any, str]:
-    """``(model, what was applied)``: ``patcher`` with the flow time shift ``shift`` (see the module); None keeps
-    the model's own, except for Flux, whose default is "auto". One-sentence error for a model that is not flow."""
+def apply_shift(patcher: Any, shift: float | str | None, width: int, height: int,
+                family: str) -> tuple[Any, str | None]:
+    """``(model, what was applied)``: ``patcher`` with the flow time shift ``shift`` (see the module), and None when
+    it keeps the model's own shift (``shift`` None, except for Flux, whose default is "auto"; or "auto" on a model
+    without a resolution rule). One-sentence error for a model that is not flow."""
     import comfy.model_sampling as cms
     from comfy_extras.nodes_model_advanced import ModelSamplingFlux, ModelSamplingSD3
 
@@ -117,7 +118,7 @@ def apply_shift(patcher: Any, shift: float | str | None, width: int, height: int
     flux = isinstance(ms, cms.ModelSamplingFlux)
     discrete_flow = isinstance(ms, cms.ModelSamplingDiscreteFlow)
     if shift is None and not flux:
-        return patcher, "the model's own"
+        return patcher, None
     if not (flux or discrete_flow):
         raise ProblemError(f"`shift` applies to flow-matching models (SD3, Flux, Wan, ...), not to this {family} "
                            "model")
@@ -136,11 +137,7 @@ def apply_shift(patcher: Any, shift: float | str | None, width: int, height: int
         mu = math.log(float(shift))
         return ModelSamplingFlux().patch(patcher, mu, mu, width, height)[0], f"{float(shift):g}"
     if shift == "auto":
-        return patcher, "the model's own"
+        return patcher, None
     model = ModelSamplingSD3().patch(patcher, float(shift), multiplier=float(ms.multiplier))[0]
     return model, f"{float(shift):g}"
 
-
-def model_paths(names: Sequence[str | os.PathLike[str]], folder_paths: Any, param: str) -> list[Path]:
-    """:func:`resolve_file` of each name."""
-    return [resolve_file(str(n), folder_paths, param) for n in names]

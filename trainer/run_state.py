@@ -114,18 +114,16 @@ class RunState:
 
     def best_solver(self) -> GeneralizedSolver:
         """A CPU solver holding the best EMA parameters noted (:meth:`note_heldout`), else the current EMA's."""
-        out = self.ema_solver()
-        if self.best is not None:
-            with torch.no_grad():
-                for p, s in zip(out.parameters(), self.best[2], strict=True):
-                    p.copy_(s)
-        return out
+        return self._solver_from(self.best[2] if self.best is not None else self.ema.shadow)
 
     def ema_solver(self) -> GeneralizedSolver:
         """A CPU copy of the solver holding the EMA parameters (what is evaluated and saved)."""
+        return self._solver_from(self.ema.shadow)
+
+    def _solver_from(self, tensors: list[torch.Tensor]) -> GeneralizedSolver:
         out = GeneralizedSolver(self.nfe, t_eps=self.t_eps, schedule=self.schedule)
         with torch.no_grad():
-            for p, s in zip(out.parameters(), self.ema.shadow, strict=True):
+            for p, s in zip(out.parameters(), tensors, strict=True):
                 p.copy_(s.detach().cpu())
         return out
 

@@ -237,16 +237,21 @@ def training_checks(comfy: Any, runner: NodeRunner, model: Any, name: str, famil
     if family.guidance is not None:  # what FluxGuidance sets: the node trains for the conditioning's value
         positive = [[positive[0][0], {**positive[0][1], "guidance": TRAIN_GUIDANCE}]]
     width, height = _pixels(family)
+
+    def train(solver_name: str, mode: str = "gs", iterations: int = 1, teacher_steps: int = 4, **inputs: Any) -> Any:
+        """GAS Train Solver's ``execute`` on this model in the tiny configuration, with ``inputs`` connected."""
+        return node.execute(model=model, prompts="", negative="", cfg=CFG[name], width=width, height=height, nfe="4",
+                            mode=mode, iterations=iterations, seed=SEED, solver_name=solver_name, overwrite=True,
+                            teacher_steps=teacher_steps, batch=2, train_size=2, val_size=2, checkpoint_every=10_000,
+                            **inputs)
+
     out: dict[str, Any] = {}
     for mode in modes:
         start, cpu = time.perf_counter(), time.process_time()
         entry: dict[str, Any] = {}
         try:
-            result = node.execute(model=model, prompts="", negative="", cfg=CFG[name], width=width, height=height,
-                                  nfe="4", mode=mode, iterations=2, seed=SEED, solver_name=f"trained-{name}",
-                                  overwrite=True, teacher_steps=8, batch=2, train_size=2, val_size=2,
-                                  checkpoint_every=10_000, conditioning=positive, negative_conditioning=negative,
-                                  frames=_frames(family))
+            result = train(f"trained-{name}", mode, iterations=2, teacher_steps=8, conditioning=positive,
+                           negative_conditioning=negative, frames=_frames(family))
         except runner.logic.GASNodeError as exc:
             entry["error"] = str(exc)
         else:
@@ -268,19 +273,14 @@ def training_checks(comfy: Any, runner: NodeRunner, model: Any, name: str, famil
         if role == "guidance_on_cfg_model" and family.guidance is not None:
             continue
         try:
-            node.execute(model=model, prompts="", negative="", cfg=CFG[name], width=width, height=height, nfe="4",
-                         mode="gs", iterations=1, seed=SEED, solver_name=f"refused-{name}", overwrite=True,
-                         teacher_steps=4, batch=2, train_size=2, val_size=2, **inputs)
+            train(f"refused-{name}", **inputs)
             refusals[role] = None
         except runner.logic.GASNodeError as exc:
             refusals[role] = str(exc)
     out["refusals"] = refusals
     if family.guidance is not None:  # the node's guidance input wins over the conditioning's
-        result = node.execute(model=model, prompts="", negative="", cfg=CFG[name], width=width, height=height,
-                              nfe="4", mode="gs", iterations=1, seed=SEED, solver_name=f"trained-{name}-guidance",
-                              overwrite=True, teacher_steps=4, batch=2, train_size=2, val_size=2,
-                              checkpoint_every=10_000, conditioning=positive, negative_conditioning=negative,
-                              guidance=OVERRIDE_GUIDANCE)
+        result = train(f"trained-{name}-guidance", conditioning=positive, negative_conditioning=negative,
+                       guidance=OVERRIDE_GUIDANCE)
         path = Path(runner.solver_folder.full_path(result.result[0]))
         out["guidance_input"] = {"guidance": load_solver(path).metadata.get("guidance")}
     return out
