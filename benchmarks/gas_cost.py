@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
     results: list[CostResult] = []
     for teacher in args.teachers:
         problem = TEACHERS[teacher]()
-        ref = held_out(problem, args.heldout, args.exact_steps)
+        ref = held_out(problem, args.heldout, args.exact_steps, args.exact_cache)
         exact_features = pooled_features(ref.exact)
         for seed in range(args.seeds):
             for variant in args.variants:
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-size", type=int, default=1400)
     ap.add_argument("--heldout", type=int, default=512)
     ap.add_argument("--exact-steps", type=int, default=512)
+    ap.add_argument("--exact-cache", type=Path, default=None,
+                    help="folder to keep the held-out exact solutions in between runs (default: computed each run)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--load", type=Path, nargs="+", default=None)
     args = ap.parse_args(argv)

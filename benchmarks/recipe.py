@@ -27,9 +27,11 @@ curves (mean over seeds) per teacher and NFE.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from gas import DiscreteVPSchedule, FlowSchedule, sample_gas
 from trainer.config import DistillConfig
@@ -142,6 +145,8 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     "lr 3e-3+cosine+coef lr x1/3": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "coef_lr_scale": 1 / 3},
     "lr 3e-3+cosine+coef lr x1/3+starts 4": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine",
                                                            "coef_lr_scale": 1 / 3, "starts": 4},
+    "lr 3e-3+cosine+log loss": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "log"},
+    "log loss": lambda iters: {"loss_reduce": "log"},
     # the ceiling: the same solver family trained 10x longer on twice the batch (20x the samples)
     "ceiling 10x iters+batch 8+lr 2e-3+cosine+best": lambda iters: {
         "iters": 10 * iters, "batch": 8, "lr": 2e-3, "lr_schedule": "cosine", "select": "best",
@@ -203,14 +208,29 @@ class HeldOut:
         return sample_solver(problem, solver, self.idx, self.noise, self.s0, autocast=self.autocast, batch=64)
 
 
-def held_out(problem: DistillProblem, n: int, exact_steps: int) -> HeldOut:
-    """The first ``n`` held-out samples of ``problem`` with their exact solutions (``exact_steps`` steps)."""
+def held_out(problem: DistillProblem, n: int, exact_steps: int, cache: Path | None = None) -> HeldOut:
+    """The first ``n`` held-out samples of ``problem`` with their exact solutions (``exact_steps`` steps); with
+    ``cache``, the exact solutions are read from / written (atomically) to a safetensors file there, named by the
+    teacher's identity, ``n`` and ``exact_steps`` (they cost minutes for thousands of samples)."""
     idx = list(range(HELDOUT_START, HELDOUT_START + n))
     noise = sample_noise(idx, problem.latent_shape, 0)
     cond = problem.conditions(idx)
     t_eps = DistillConfig().t_eps
-    return HeldOut(idx, noise, cond, exact_solution(problem, noise, cond, t_eps, exact_steps),
-                   end_sigmas(problem, t_eps)[0], resolve_amp("off", problem.device))
+    path = None
+    if cache is not None:
+        ident = json.dumps({"identity": problem.identity, "n": n, "steps": exact_steps, "t_eps": t_eps},
+                           sort_keys=True, default=str)
+        path = cache / f"exact-{problem.name}-{n}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.safetensors"
+    if path is not None and path.is_file():
+        exact = load_file(str(path))["exact"]
+    else:
+        exact = exact_solution(problem, noise, cond, t_eps, exact_steps)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"exact": exact.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+    return HeldOut(idx, noise, cond, exact, end_sigmas(problem, t_eps)[0], resolve_amp("off", problem.device))
 
 
 def run_config(root: Path, teacher: str, setting: str, nfe: int, seed: int, args: argparse.Namespace) -> DistillConfig:
@@ -227,32 +247,41 @@ def run_config(root: Path, teacher: str, setting: str, nfe: int, seed: int, args
         })
 
 
+def teacher_key(config: DistillConfig) -> tuple[Any, ...]:
+    """What decides a run's teacher samples and their cost (runs with the same key share one generation)."""
+    return (config.seed, config.train_size, config.val_size, config.teacher, config.resolved_teacher_steps,
+            config.teacher_grid, config.teacher_order)
+
+
 def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResult], None] | None = None
               ) -> list[RunResult]:
-    """Every (teacher, setting, NFE, seed) of ``args``; teacher samples are generated once per (teacher, seed)."""
+    """Every (teacher, setting, NFE, seed) of ``args``; teacher samples are generated (and timed) once per teacher,
+    seed and teacher set (:func:`teacher_key`)."""
     results: list[RunResult] = []
     for teacher in args.teachers:
         problem = TEACHERS[teacher]()
-        ref = held_out(problem, args.heldout, args.exact_steps)
+        ref = held_out(problem, args.heldout, args.exact_steps, args.exact_cache)
         no_amp = ref.autocast
         for seed in range(args.seeds):
-            base = run_config(root, teacher, "paper", args.nfe[0], seed, args)
-            t0 = time.perf_counter()
-            load_teacher(problem, base, no_amp, progress=False)
-            teacher_s = time.perf_counter() - t0
+            teacher_s: dict[tuple[Any, ...], float] = {}  # per teacher set (a setting may change its size/steps)
             for setting in args.settings:
                 for nfe in args.nfe:
+                    cfg = run_config(root, teacher, setting, nfe, seed, args)
+                    key = teacher_key(cfg)
+                    if key not in teacher_s:
+                        t0 = time.perf_counter()
+                        load_teacher(problem, cfg, no_amp, progress=False)
+                        teacher_s[key] = time.perf_counter() - t0
                     curve: list[tuple[int, float]] = []
 
                     def collect(step: int, stats: dict[str, float], curve: list = curve) -> None:
                         if "val_l1" in stats:
                             curve.append((step, stats["val_l1"]))
 
-                    cfg = run_config(root, teacher, setting, nfe, seed, args)
                     res = distill(problem, cfg, progress=False, callback=collect)
                     curve.append((cfg.iters, float(res.scores["methods"][res.label]["l1"])))
                     l1 = float((ref.sample(problem, res.solver) - ref.exact).abs().mean())
-                    r = RunResult(teacher, setting, nfe, seed, l1, teacher_s, res.train_seconds, curve)
+                    r = RunResult(teacher, setting, nfe, seed, l1, teacher_s[key], res.train_seconds, curve)
                     results.append(r)
                     if on_result is not None:
                         on_result(r)
@@ -388,6 +417,8 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
                     help="bench held-out samples scored against the exact ODE (the per-sample L1 is heavy-tailed: "
                          "128 samples let one or two diverging trajectories decide a mean)")
     ap.add_argument("--exact-steps", type=int, default=512)
+    ap.add_argument("--exact-cache", type=Path, default=None,
+                    help="folder to keep the held-out exact solutions in between runs (default: computed each run)")
     ap.add_argument("--png", type=Path, default=None, help="write the held-out L1 curves here")
     ap.add_argument("--json", type=Path, default=None, help="write every run's numbers here (JSON lines)")
     ap.add_argument("--load", type=Path, nargs="+", default=None,

@@ -276,3 +276,46 @@ def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_3x_rate():
     assert changed == {"lr", "lr_schedule"}
     args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "tuned"])
     assert cli.config_from_args(args).lr == 3e-3
+
+
+def test_log_loss_reduction_weighs_each_sample_by_its_relative_error(tmp_path, monkeypatch):
+    """``loss_reduce="log"``: the batch loss is the mean of ``log(d_i + 1e-6)``, so a sample's gradient is its
+    distance's gradient over ``d_i + 1e-6``; the step uses it, the run differs from "mean", and resume checks it."""
+    from trainer.losses import LOG_EPS, reduce_distances
+
+    d = torch.tensor([1e-3, 0.5, 2.0], requires_grad=True)
+    reduce_distances(d, "log").mean().backward()
+    assert torch.allclose(d.grad, 1 / (3 * (d.detach() + LOG_EPS)))
+    assert torch.equal(reduce_distances(d, "mean"), d)
+    seen: list[str] = []
+    real = trainer.steps.reduce_distances
+    monkeypatch.setattr(trainer.steps, "reduce_distances", lambda x, how: (seen.append(how), real(x, how))[1])
+    log = distill(tiny_problem(), tiny_config(tmp_path / "log", iters=3, loss_reduce="log", report=False),
+                  progress=False)
+    mean = distill(tiny_problem(), tiny_config(tmp_path / "mean", iters=3, report=False), progress=False)
+    assert seen == ["log"] * 3 + ["mean"] * 3
+    assert not torch.equal(log.solver.a, mean.solver.a)
+    assert "mean log(1e-6 + L1 on latents per sample)" in log.solver.metadata["loss"]
+    with pytest.raises(ConfigError, match="loss_reduce must be one of mean, log"):
+        DistillConfig(loss_reduce="median").validate()
+    args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--loss-reduce", "log"])
+    assert cli.config_from_args(args).loss_reduce == "log"
+
+
+def test_log_loss_resume_is_exact(tmp_path):
+    assert_resume_is_exact(tmp_path, 4, iters=10, ckpt_every=100, loss_reduce="log", report=False)
+
+
+def test_the_bench_keeps_exact_solutions_in_its_cache(tmp_path, monkeypatch):
+    """``--exact-cache``: the held-out exact solutions are written once, named by the teacher and the sample count,
+    and read back bit for bit instead of being solved again; another count is another file."""
+    problem = bench.TEACHERS["tiny"]()
+    first = bench.held_out(problem, 8, 16, tmp_path)
+    files = list(tmp_path.glob("exact-*-8-*.safetensors"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr(bench, "exact_solution", lambda *a, **k: pytest.fail("solved again"))
+    again = bench.held_out(problem, 8, 16, tmp_path)
+    assert torch.equal(first.exact, again.exact) and torch.equal(first.noise, again.noise)
+    monkeypatch.undo()
+    bench.held_out(problem, 4, 16, tmp_path)
+    assert len(list(tmp_path.glob("exact-*.safetensors"))) == 2

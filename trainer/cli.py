@@ -31,6 +31,7 @@ from typing import Any
 from .config import (
     DEFAULT_TEACHER_STEPS,
     DISC_PRESETS,
+    LOSS_REDUCTIONS,
     LR_SCHEDULES,
     PACK_ROOT,
     RECIPES,
@@ -179,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--loss", choices=("l1", "lpips"), default=None,
                       help=f"distillation loss: L1 on latents, or LPIPS-VGG on decoded images (needs the VGG "
                            f"weights) (default: {_D.loss})")
+    data.add_argument("--loss-reduce", choices=LOSS_REDUCTIONS, default=None,
+                      help="how a batch's per-sample distances make the loss: mean (the paper), or log, the mean of "
+                           "log(distance + 1e-6), which weighs every sample by its relative error (robust to the "
+                           "few samples a few-step solver sends to another mode)")
     adv = p.add_argument_group("adversarial (--mode gas)")
     adv.add_argument("--disc-lr", type=float, default=None,
                      help=f"Adam learning rate of the discriminator (default: {_D.disc_lr:g}{demo('disc_lr')})")
@@ -303,7 +308,7 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
         lr_schedule=pick(args.lr_schedule, "lr_schedule"), lr_warmup=pick(args.lr_warmup, "lr_warmup"),
         time_init=pick(args.time_init, "time_init"), select=pick(args.select, "select"),
         starts=pick(args.starts, "starts"), start_iters=pick(args.start_iters, "start_iters"),
-        loss=pick(args.loss, "loss"),
+        loss=pick(args.loss, "loss"), loss_reduce=pick(args.loss_reduce, "loss_reduce"),
         disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
         r1_gamma=pick(args.r1_gamma, "r1_gamma"), r1_every=pick(args.r1_every, "r1_every"),
         disc_every=pick(args.disc_every, "disc_every"), disc_preset=pick(args.disc_size, "disc_preset"),

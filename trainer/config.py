@@ -18,8 +18,8 @@ from gas import MAX_NFE, MIN_NFE
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "LR_SCHEDULES", "MODES", "PACK_ROOT", "RECIPES",
-           "SELECTIONS", "TEACHERS", "TIME_INITS", "DistillConfig"]
+__all__ = ["DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "LOSS_REDUCTIONS", "LR_SCHEDULES", "MODES",
+           "PACK_ROOT", "RECIPES", "SELECTIONS", "TEACHERS", "TIME_INITS", "DistillConfig"]
 
 #: The pack folder (the repository root): default outputs live below it.
 PACK_ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +27,8 @@ PACK_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEACHER_STEPS = 64
 MODES = ("gs", "gas")
 LOSSES = ("l1", "lpips")
+#: How a batch's per-sample distances become the distillation loss (``trainer.losses.reduce_distances``).
+LOSS_REDUCTIONS = ("mean", "log")
 TEACHERS = ("dpmpp3m", "ipndm-gits")
 TEACHER_GRIDS = ("logsnr", "time")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -50,7 +52,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
         "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "coef_lr_scale": 1.0, "starts": 1,
-        "select": "last", "loss": "l1",
+        "select": "last", "loss": "l1", "loss_reduce": "mean",
         "disc_lr": 1e-5, "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
     },
 }
@@ -91,6 +93,10 @@ class DistillConfig:
     #: the checks every `eval_every` iterations and the end: early stopping on the held-out teacher samples)
     select: str = "last"
     loss: str = "l1"  #: distillation loss: "l1" on latents, or "lpips" (VGG) on decoded images
+    #: batch reduction of the per-sample distances d_i: "mean" (the paper) or "log", the mean of log(d_i + 1e-6):
+    #: each sample's gradient is divided by its own distance (relative error), so the few samples a few-step solver
+    #: sends to another mode no longer dominate the update
+    loss_reduce: str = "mean"
     # ----- adversarial (mode "gas") ------------------------------------------------------------------------------
     disc_lr: float = 1e-5  #: Adam learning rate of the discriminator
     disc_weight: float = 1.0  #: weight of the adversarial loss in the solver's loss
@@ -193,6 +199,8 @@ class DistillConfig:
              f"`nfe` must be an integer from {MIN_NFE} to {MAX_NFE}, got {self.nfe!r}")
         need(self.mode in MODES, f"`mode` must be one of {', '.join(MODES)}, got {self.mode!r}")
         need(self.loss in LOSSES, f"`loss` must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        need(self.loss_reduce in LOSS_REDUCTIONS,
+             f"`loss_reduce` must be one of {', '.join(LOSS_REDUCTIONS)}, got {self.loss_reduce!r}")
         need(self.teacher in TEACHERS, f"`teacher` must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
         need(self.teacher_grid in TEACHER_GRIDS, f"`teacher_grid` must be one of {TEACHER_GRIDS}")
         need(self.amp in AMP_MODES, f"`amp` must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")

@@ -2,6 +2,8 @@
 
 * distillation: ``l1_latents = mean |student - teacher|`` over a sample's latent entries; ``lpips`` = LPIPS-VGG
   between the decoded images, resized bilinearly to 224x224 and clipped to [-1, 1].
+* batch reduction (``reduce_distances``): "mean" of the per-sample distances ``d_i`` (the paper), or "log":
+  ``log(d_i + LOG_EPS)``, whose gradient ``grad d_i / (d_i + LOG_EPS)`` weighs every sample by its relative error.
 * discriminator (relativistic pairing, R3GAN): ``softplus(D(fake) - D(real)) + gamma/2 (R1 + R2)`` with
   ``R1 = |grad_real D(real)|^2`` and ``R2 = |grad_fake D(fake)|^2`` (summed over the sample, ``create_graph`` so the
   penalties are trained).
@@ -30,8 +32,12 @@ __all__ = [
     "load_lpips",
     "lpips_images",
     "lpips_weights_cached",
+    "reduce_distances",
     "resolve_lpips",
 ]
+
+#: Floor of the "log" reduction: distances far below it (a solver already exact on a sample) stop counting.
+LOG_EPS = 1e-6
 
 #: torchvision's file name of the VGG16 ImageNet weights that LPIPS-VGG builds on.
 VGG16_FILE = "vgg16-397923af.pth"
@@ -40,6 +46,16 @@ VGG16_FILE = "vgg16-397923af.pth"
 def l1_latents(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference per sample."""
     return (student.float() - teacher.float()).abs().flatten(1).mean(1)
+
+
+def reduce_distances(distances: torch.Tensor, how: str) -> torch.Tensor:
+    """Per-sample loss terms ``[B]`` from per-sample distances ``[B]``: ``d`` ("mean") or ``log(d + LOG_EPS)``
+    ("log"); the batch loss is their mean."""
+    if how == "mean":
+        return distances
+    if how == "log":
+        return torch.log(distances + LOG_EPS)
+    raise ValueError(f"unknown loss reduction {how!r}")
 
 
 def _to_lpips_input(images: torch.Tensor) -> torch.Tensor:

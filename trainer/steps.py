@@ -8,7 +8,8 @@ GAS paper, arXiv 2510.17699).
   frozen), averaged over the batch; backprop, gradient-norm clip, Adam at the iteration's learning rate
   (:func:`trainer.schedule.learning_rate`), EMA update.
 
-``distill`` = loss 'l1': mean |x_S - x_T|; 'lpips': LPIPS-VGG between decoded images. Under torchrun the gradients
+``distill`` = loss 'l1': mean |x_S - x_T|; 'lpips': LPIPS-VGG between decoded images; per sample, then reduced over
+the batch as ``loss_reduce`` says (the mean of the distances, or of their logs). Under torchrun the gradients
 and the logged numbers are averaged over the ranks before clipping and the optimiser steps, so every rank applies
 the identical update. A non-finite loss or gradient norm raises :class:`NonFiniteError` before any parameter changes.
 """
@@ -24,7 +25,7 @@ from torch import nn
 from .batches import Batch
 from .config import DistillConfig
 from .distributed import Dist
-from .losses import discriminator_loss, generator_adversarial_loss, l1_latents, lpips_images
+from .losses import discriminator_loss, generator_adversarial_loss, l1_latents, lpips_images, reduce_distances
 from .problem import DistillProblem
 from .run_state import RunState
 from .runtime import Autocast, run_student, start_state
@@ -97,7 +98,7 @@ def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, floa
         with torch.no_grad():
             target = prob.decode(batch.real).float()
         dist_loss = lpips_images(ctx.lpips, prob.decode(out).float(), target)
-    total = dist_loss
+    total = reduce_distances(dist_loss, cfg.loss_reduce)
     parts = [dist_loss.detach().mean()]
     if run.disc is not None:
         adv = generator_adversarial_loss(run.disc, batch.real, out)
