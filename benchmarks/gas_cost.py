@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 python -m benchmarks.gas_cost --teachers demo,hard,flow --json gas.jsonl
     python -m benchmarks.gas_cost --load gas.jsonl                     # the table again, from the saved runs
 
-For each teacher and seed, a GS solver (the paper recipe) and GAS solvers with the discriminator settings of each
-variant, at one NFE, trained through the public ``trainer.distill.distill``. Scores on held-out noises the training
-never sees, against the exact probability-flow ODE solution (``benchmarks.recipe.exact_solution``):
+For each teacher and seed, a GS solver (``--recipe``, the paper's by default) and GAS solvers with the discriminator
+settings of each variant, at one NFE, trained through the public ``trainer.distill.distill``. Scores on held-out
+noises the training never sees, against the exact probability-flow ODE solution (``benchmarks.recipe.exact_solution``):
 
 * **L1**: mean |x - x_exact|;
 * **FD**: the Frechet distance between the Gaussian fits of the solver's and the exact samples' features, the latents
@@ -28,19 +28,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trainer.config import DistillConfig
+from trainer.config import RECIPES, DistillConfig
 from trainer.distill import distill
 
 from .recipe import TEACHERS, held_out
 
-#: Variants: name -> DistillConfig overrides of the paper recipe (mode and discriminator settings).
+#: Variants: name -> DistillConfig overrides of the recipe (mode and every discriminator setting a recipe may change).
 VARIANTS: dict[str, dict[str, Any]] = {
     "GS": {"mode": "gs"},
-    "GAS small": {"mode": "gas", "disc_preset": "small"},
+    "GAS small": {"mode": "gas", "disc_preset": "small", "disc_weight": 1.0, "r1_every": 1, "disc_every": 1},
     "GAS small, R1 every 16, D every 4, 1 block": {"mode": "gas", "disc_preset": "small", "r1_every": 16,
-                                                   "disc_every": 4, "disc_blocks": 1},
+                                                   "disc_every": 4, "disc_blocks": 1, "disc_weight": 1.0},
     "GAS small, R1 every 16, D every 2, 1 block": {"mode": "gas", "disc_preset": "small", "r1_every": 16,
-                                                   "disc_every": 2, "disc_blocks": 1},
+                                                   "disc_every": 2, "disc_blocks": 1, "disc_weight": 1.0},
+    "GAS small, R1 every 16, D every 4, 1 block, weight 0.1": {"mode": "gas", "disc_preset": "small", "r1_every": 16,
+                                                               "disc_every": 4, "disc_blocks": 1, "disc_weight": 0.1},
 }
 
 
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
         exact_features = pooled_features(ref.exact)
         for seed in range(args.seeds):
             for variant in args.variants:
-                cfg = DistillConfig.from_recipe("paper", **{
+                cfg = DistillConfig.from_recipe(args.recipe, **{
                     "nfe": args.nfe, "seed": seed, "iters": args.iters, "train_size": args.train_size,
                     "val_size": 64, "eval_every": args.iters, "ckpt_every": args.iters, "log_every": args.iters,
                     "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0, "overwrite": True,
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teachers", default="demo,hard,flow")
     ap.add_argument("--variants", default=";".join(VARIANTS), help=f"separated by ';', of: {'; '.join(VARIANTS)}")
     ap.add_argument("--nfe", type=int, default=4)
+    ap.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
+                    help="the training recipe every variant starts from (default: paper)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--train-size", type=int, default=1400)

@@ -147,7 +147,16 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
                                                            "coef_lr_scale": 1 / 3, "starts": 4},
     "lr 3e-3+cosine+log loss": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "log"},
     "log loss": lambda iters: {"loss_reduce": "log"},
+    "lr 3e-3+cosine+cauchy loss": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy"},
+    "lr 3.0000001e-3+cosine": lambda iters: {"lr": 3.0000001e-3, "lr_schedule": "cosine"},  # float-level change
+    # faster timesteps: the times at lr, the coefficient corrections at lr x coef_lr_scale (3e-3 and 3e-3)
+    "lr 1e-2+cosine+cauchy loss+coef lr x0.3": lambda iters: {"lr": 1e-2, "lr_schedule": "cosine",
+                                                              "loss_reduce": "cauchy", "coef_lr_scale": 0.3},
+    "lr 3e-2+cosine+cauchy loss+coef lr x0.1": lambda iters: {"lr": 3e-2, "lr_schedule": "cosine",
+                                                              "loss_reduce": "cauchy", "coef_lr_scale": 0.1},
     # the ceiling: the same solver family trained 10x longer on twice the batch (20x the samples)
+    "ceiling 10x iters+batch 8+lr 3e-3+cosine": lambda iters: {
+        "iters": 10 * iters, "batch": 8, "lr": 3e-3, "lr_schedule": "cosine"},
     "ceiling 10x iters+batch 8+lr 2e-3+cosine+best": lambda iters: {
         "iters": 10 * iters, "batch": 8, "lr": 2e-3, "lr_schedule": "cosine", "select": "best",
         "eval_every": max(1, iters // 2)},
@@ -166,6 +175,11 @@ class RunResult:
     teacher_seconds: float
     train_seconds: float
     curve: list[tuple[int, float]] = field(default_factory=list)
+    #: The held-out per-sample L1's median and the share of the mean that its largest tenth of samples makes.
+    median_l1: float = math.nan
+    top_tenth_share: float = math.nan
+    #: The trained solver's sigmas (its timesteps), first to last.
+    sigmas: list[float] = field(default_factory=list)
 
     @property
     def stable(self) -> bool:
@@ -280,8 +294,12 @@ def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResu
 
                     res = distill(problem, cfg, progress=False, callback=collect)
                     curve.append((cfg.iters, float(res.scores["methods"][res.label]["l1"])))
-                    l1 = float((ref.sample(problem, res.solver) - ref.exact).abs().mean())
-                    r = RunResult(teacher, setting, nfe, seed, l1, teacher_s[key], res.train_seconds, curve)
+                    per_sample = (ref.sample(problem, res.solver) - ref.exact).abs().flatten(1).mean(1).double()
+                    top = per_sample.sort(descending=True).values[:max(1, len(per_sample) // 10)]
+                    r = RunResult(teacher, setting, nfe, seed, float(per_sample.mean()), teacher_s[key],
+                                  res.train_seconds, curve, float(per_sample.median()),
+                                  float(top.sum() / per_sample.sum()),
+                                  [round(float(v), 4) for v in res.solver.sigmas(problem.schedule).detach()])
                     results.append(r)
                     if on_result is not None:
                         on_result(r)
@@ -442,7 +460,8 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
           flush=True)
 
     def report(r: RunResult) -> None:
-        print(f"  {r.teacher} | {r.setting} | NFE {r.nfe} | seed {r.seed} | L1 {r.heldout_l1:.4f} | teacher "
+        print(f"  {r.teacher} | {r.setting} | NFE {r.nfe} | seed {r.seed} | L1 {r.heldout_l1:.4f} (median "
+              f"{r.median_l1:.4f}, top tenth {100 * r.top_tenth_share:.0f}% of it; sigmas {r.sigmas}) | teacher "
               f"{r.teacher_seconds:.1f}s train {r.train_seconds:.1f}s | stable {r.stable}", flush=True)
         if args.json is not None:
             with args.json.open("a") as fh:

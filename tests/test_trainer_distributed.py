@@ -110,6 +110,20 @@ def test_two_processes_train_the_same_solver_as_one(one_and_two, mode):
     assert not (one_and_two[2, mode] / "runs" / f"demo-nfe4-{mode}" / "state.pt").exists()
 
 
+def test_the_cauchy_loss_uses_the_whole_batch_median_on_every_rank(tmp_path):
+    """``loss_reduce="cauchy"`` scales by the median of the global batch (gathered from the ranks), so two processes,
+    each holding half of every batch, train the same solver as one."""
+    runs = {}
+    for nproc in (1, 2):
+        workdir = tmp_path / f"k{nproc}"
+        workdir.mkdir()
+        done = _distill(nproc, workdir, "gs", 8, "--loss-reduce", "cauchy")
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[nproc] = _solver(workdir, "gs")
+    assert "Cauchy-robust" in runs[1].metadata["loss"]
+    assert _max_diff(runs[1], runs[2]) < K_TOLERANCE
+
+
 def test_sharded_teacher_cache_holds_every_sample_once_and_matches_one_process(one_and_two):
     one, two = _cache_samples(one_and_two[1, "gs"]), _cache_samples(one_and_two[2, "gs"])
     val = 1 << 20

@@ -269,11 +269,12 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
     assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
 
 
-def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_3x_rate():
+def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_3x_rate_the_cauchy_loss_and_a_light_discriminator():
     tuned, paper = DistillConfig.from_recipe("tuned"), DistillConfig.from_recipe("paper")
-    assert (tuned.lr, tuned.lr_schedule) == (3e-3, "cosine")
+    assert (tuned.lr, tuned.lr_schedule, tuned.loss_reduce) == (3e-3, "cosine", "cauchy")
+    assert (tuned.disc_weight, tuned.r1_every, tuned.disc_every) == (0.1, 16, 4)
     changed = {k for k, v in tuned.to_dict().items() if paper.to_dict()[k] != v}
-    assert changed == {"lr", "lr_schedule"}
+    assert changed == {"lr", "lr_schedule", "loss_reduce", "disc_weight", "r1_every", "disc_every"}
     args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "tuned"])
     assert cli.config_from_args(args).lr == 3e-3
 
@@ -289,14 +290,15 @@ def test_log_loss_reduction_weighs_each_sample_by_its_relative_error(tmp_path, m
     assert torch.equal(reduce_distances(d, "mean"), d)
     seen: list[str] = []
     real = trainer.steps.reduce_distances
-    monkeypatch.setattr(trainer.steps, "reduce_distances", lambda x, how: (seen.append(how), real(x, how))[1])
+    monkeypatch.setattr(trainer.steps, "reduce_distances",
+                        lambda x, how, scale=None: (seen.append(how), real(x, how, scale))[1])
     log = distill(tiny_problem(), tiny_config(tmp_path / "log", iters=3, loss_reduce="log", report=False),
                   progress=False)
     mean = distill(tiny_problem(), tiny_config(tmp_path / "mean", iters=3, report=False), progress=False)
     assert seen == ["log"] * 3 + ["mean"] * 3
     assert not torch.equal(log.solver.a, mean.solver.a)
     assert "mean log(1e-6 + L1 on latents per sample)" in log.solver.metadata["loss"]
-    with pytest.raises(ConfigError, match="loss_reduce must be one of mean, log"):
+    with pytest.raises(ConfigError, match="loss_reduce must be one of mean, log, cauchy"):
         DistillConfig(loss_reduce="median").validate()
     args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--loss-reduce", "log"])
     assert cli.config_from_args(args).loss_reduce == "log"
@@ -319,3 +321,19 @@ def test_the_bench_keeps_exact_solutions_in_its_cache(tmp_path, monkeypatch):
     monkeypatch.undo()
     bench.held_out(problem, 4, 16, tmp_path)
     assert len(list(tmp_path.glob("exact-*.safetensors"))) == 2
+
+
+def test_cauchy_loss_reduction_is_l1_for_typical_samples_and_log_for_outliers(tmp_path):
+    """``loss_reduce="cauchy"``: ``c log(1 + d / c)`` with ``c`` = 3 medians of the batch, so a sample's gradient is
+    its distance's times ``1 / (1 + d / c)``: near 1 far below the median's scale, near ``c / d`` far above it."""
+    from trainer.losses import CAUCHY_K, reduce_distances
+
+    d = torch.tensor([1e-3, 2e-3, 3e-3, 0.5], requires_grad=True)
+    reduce_distances(d, "cauchy").sum().backward()
+    c = CAUCHY_K * float(d.detach().median())  # torch's median of an even count is the lower middle value
+    assert c == pytest.approx(3 * 2e-3)
+    assert torch.allclose(d.grad, 1 / (1 + d.detach() / c))
+    assert d.grad[3] < 0.02 and d.grad[0] > 0.8
+    run = distill(tiny_problem(), tiny_config(tmp_path, iters=3, loss_reduce="cauchy", report=False), progress=False)
+    assert "Cauchy-robust L1 on latents" in run.solver.metadata["loss"]
+    assert math.isfinite(run.scores["methods"][run.label]["l1"])

@@ -181,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"distillation loss: L1 on latents, or LPIPS-VGG on decoded images (needs the VGG "
                            f"weights) (default: {_D.loss})")
     data.add_argument("--loss-reduce", choices=LOSS_REDUCTIONS, default=None,
-                      help="how a batch's per-sample distances make the loss: mean (the paper), or log, the mean of "
+                      help="how a batch's per-sample distances make the loss: mean (the paper); log, the mean of "
                            "log(distance + 1e-6), which weighs every sample by its relative error (robust to the "
-                           "few samples a few-step solver sends to another mode)")
+                           "few samples a few-step solver sends to another mode); cauchy, c log(1 + d / c) with c "
+                           "three batch medians (L1 for typical samples, robust to outliers)")
     adv = p.add_argument_group("adversarial (--mode gas)")
     adv.add_argument("--disc-lr", type=float, default=None,
                      help=f"Adam learning rate of the discriminator (default: {_D.disc_lr:g}{demo('disc_lr')})")

@@ -100,6 +100,8 @@ def loss_description(config: DistillConfig) -> str:
     base = "L1 on latents" if config.loss == "l1" else "LPIPS-VGG on decoded images"
     if config.loss_reduce == "log":
         base = f"mean log(1e-6 + {base} per sample)"
+    elif config.loss_reduce == "cauchy":
+        base = f"Cauchy-robust {base} (c log(1 + d / c) per sample, c = 3 batch medians)"
     if config.mode == "gas":
         base += (f" + {config.disc_weight:g} x relativistic adversarial loss (R3GAN-style latent discriminator, "
                  f"'{config.disc_preset}' size, R1/R2 gamma {config.r1_gamma:g}, disc lr {config.disc_lr:g})")

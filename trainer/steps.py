@@ -98,7 +98,10 @@ def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, floa
         with torch.no_grad():
             target = prob.decode(batch.real).float()
         dist_loss = lpips_images(ctx.lpips, prob.decode(out).float(), target)
-    total = reduce_distances(dist_loss, cfg.loss_reduce)
+    scale = None
+    if cfg.loss_reduce == "cauchy":  # the median of the global batch, the same on every rank
+        scale = ctx.dist.all_gather_rows(dist_loss.detach().float().reshape(-1, 1)).median()
+    total = reduce_distances(dist_loss, cfg.loss_reduce, scale)
     parts = [dist_loss.detach().mean()]
     if run.disc is not None:
         adv = generator_adversarial_loss(run.disc, batch.real, out)

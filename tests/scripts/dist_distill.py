@@ -32,6 +32,7 @@ parser.add_argument("--die-at", type=int, default=0)
 parser.add_argument("--die-in-teacher", type=int, default=0)
 parser.add_argument("--die-rank", type=int, default=1)
 parser.add_argument("--resume", action="store_true")
+parser.add_argument("--loss-reduce", default="mean")
 args = parser.parse_args()
 
 rank = int(os.environ.get("RANK", "0"))
@@ -59,7 +60,7 @@ if args.die_in_teacher and rank == args.die_rank:
     problem.denoiser = dying_denoiser
 
 config = tiny_config(args.workdir, mode=args.mode, iters=args.iters, ckpt_every=5, train_size=64, val_size=16,
-                     eval_batch=8, teacher_batch=8, resume=args.resume)
+                     eval_batch=8, teacher_batch=8, resume=args.resume, loss_reduce=args.loss_reduce)
 result = distill(problem, config, progress=False, callback=callback)
 report = {"rank": rank, "world": result.world, "step_log": steps, "solver": str(result.solver_path),
           "l1": result.scores["methods"][result.label]["l1"]}
