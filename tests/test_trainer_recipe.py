@@ -337,3 +337,14 @@ def test_cauchy_loss_reduction_is_l1_for_typical_samples_and_log_for_outliers(tm
     run = distill(tiny_problem(), tiny_config(tmp_path, iters=3, loss_reduce="cauchy", report=False), progress=False)
     assert "Cauchy-robust L1 on latents" in run.solver.metadata["loss"]
     assert math.isfinite(run.scores["methods"][run.label]["l1"])
+
+
+@pytest.mark.parametrize("module", ["recipe", "gas_cost"])
+def test_the_benches_print_their_help(module, capsys):
+    """``--help`` lists every option (a ``%`` in a setting's name must not break argparse's formatting)."""
+    import importlib
+
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(f"benchmarks.{module}").main(["--help"])
+    assert done.value.code == 0
+    assert "--exact-cache" in capsys.readouterr().out
