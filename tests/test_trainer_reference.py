@@ -7,9 +7,11 @@ recorded with the trainer as it was before its loop was split into modules; ``te
 is a GS training state that trainer wrote at iteration 5 (config folders relative, so no machine path is in it).
 
 Bit-identity is a property of the code *and* of the floating-point kernels, so the runs use one thread and the
-comparison is exact on the platform the reference names (torch version and CPU capability); elsewhere the
-parameters must agree to 1e-6 and the fingerprint is not compared. Regenerate (only for an intended change of the
-trainer's numbers, saying so in the commit) with ``python -m tests.test_trainer_reference --write``.
+comparison is exact on the platform the reference names (torch version, CPU capability and CPU model: two CPUs
+with the same AVX512 capability gave results 1e-6 apart); elsewhere the parameters must agree to 1e-5 and the
+fingerprint is not compared. Regenerate (only for an intended change of the trainer's numbers, or for a new
+reference platform, saying so in the commit) with ``python -m tests.test_trainer_reference --write`` (add
+``--keep-state`` to leave the old-format state fixture as it is).
 """
 
 from __future__ import annotations
@@ -45,8 +47,30 @@ RUNS: dict[str, dict[str, Any]] = {
 }
 
 
+#: How far the solver parameters may differ on another platform than the reference's (float32 kernels differ
+#: in the last bits between CPU models, and 20 iterations carry that to about 1e-6).
+CROSS_PLATFORM_TOLERANCE = 1e-5
+
+
+def cpu_model() -> str:
+    """The CPU's vendor, family and model (Linux's /proc/cpuinfo), else what the platform module says."""
+    import platform as std_platform
+
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("vendor_id", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+    if fields:
+        return " ".join(f"{k}={fields[k]}" for k in ("vendor_id", "cpu family", "model") if k in fields)
+    return std_platform.processor() or std_platform.machine()
+
+
 def platform() -> dict[str, str]:
-    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": cpu_model()}
 
 
 def solver_fingerprint(path: Path) -> dict[str, Any]:
@@ -99,12 +123,15 @@ def train(folder: Path, run: str, **extra: Any) -> tuple[Path, list[tuple[int, d
     return result.solver_path, rows
 
 
-def record_reference(folder: Path) -> dict[str, Any]:
-    """Everything the reference file holds, from the current trainer (writes the old-format state fixture too)."""
+def record_reference(folder: Path, write_state: bool = True) -> dict[str, Any]:
+    """Everything the reference file holds, from the current trainer (and, with ``write_state``, the old-format state
+    fixture)."""
     out: dict[str, Any] = {"platform": platform(), "threads": 1, "runs": {}}
     for run in RUNS:
         path, rows = train(folder / run, run)
         out["runs"][run] = {**solver_fingerprint(path), "stats_sha256": stats_digest(rows)}
+    if not write_state:
+        return out
     # a GS run killed after iteration 7 leaves the state of iteration 5; written with relative folders
     here = Path.cwd()
     work = folder / "state"
@@ -130,19 +157,20 @@ def _single_thread() -> Iterator[None]:
         yield
 
 
-def assert_same_solver_values(got: dict[str, Any], expected: dict[str, Any]) -> None:
-    """The solver tensors of two fingerprints agree to 1e-6."""
+def assert_same_solver_values(got: dict[str, Any], expected: dict[str, Any], tol: float = 1e-6) -> None:
+    """The solver tensors of two fingerprints agree to ``tol``."""
     assert sorted(got["tensors"]) == sorted(expected["tensors"])
     for name, values in expected["tensors"].items():
         want = torch.tensor([float.fromhex(v) for v in values], dtype=torch.float64)
         have = torch.tensor([float.fromhex(v) for v in got["tensors"][name]], dtype=torch.float64)
-        torch.testing.assert_close(have, want, rtol=1e-6, atol=1e-6, msg=lambda m, n=name: f"solver tensor {n}: {m}")
+        torch.testing.assert_close(have, want, rtol=tol, atol=tol, msg=lambda m, n=name: f"solver tensor {n}: {m}")
 
 
 def assert_same_solver(path: Path, expected: dict[str, Any], reference: dict[str, Any]) -> None:
     got = solver_fingerprint(path)
-    assert_same_solver_values(got, expected)
-    if reference["platform"] == platform():
+    exact = _exact_platform(reference)
+    assert_same_solver_values(got, expected, 1e-6 if exact else CROSS_PLATFORM_TOLERANCE)
+    if exact:
         assert got["sha256"] == expected["sha256"], "the solver file's tensors or metadata changed"
 
 
@@ -202,10 +230,13 @@ def test_the_fingerprint_sees_a_one_ulp_change(tmp_path):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: python -m tests.test_trainer_reference --write   (records the current trainer's outputs)")
+    if sys.argv[1:] not in (["--write"], ["--write", "--keep-state"]):
+        sys.exit("usage: python -m tests.test_trainer_reference --write [--keep-state]   (records the current "
+                 "trainer's outputs; --keep-state leaves the old-format state fixture as it is)")
+    keep_state = "--keep-state" in sys.argv
     DATA.mkdir(exist_ok=True)
     with one_thread(), tempfile.TemporaryDirectory() as tmp:
-        data = record_reference(Path(tmp))
+        data = record_reference(Path(tmp), write_state=not keep_state)
     REFERENCE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {REFERENCE.relative_to(REPO_ROOT)} and {OLD_STATE.relative_to(REPO_ROOT)}")
+    state_note = "" if keep_state else f" and {OLD_STATE.relative_to(REPO_ROOT)}"
+    print(f"wrote {REFERENCE.relative_to(REPO_ROOT)}{state_note}")
