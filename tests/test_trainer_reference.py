@@ -201,7 +201,8 @@ def test_a_state_written_before_the_split_resumes_to_the_reference_solver(tmp_pa
     shutil.copyfile(OLD_STATE, run_dir / "state.pt")
     path, rows = train(tmp_path, "gs", resume=True)
     assert [step for step, _ in rows] == list(range(6, 21))
-    assert_same_solver(path, reference["runs"]["gs"], reference)
+    # the fixture's first 5 iterations ran on the CPU it was written on, so compare as across platforms
+    assert_same_solver_values(solver_fingerprint(path), reference["runs"]["gs"], CROSS_PLATFORM_TOLERANCE)
 
 
 def test_gs_training_does_not_depend_on_the_thread_count(tmp_path):
