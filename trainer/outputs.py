@@ -22,6 +22,7 @@ from gas import GeneralizedSolver
 
 from .config import DistillConfig
 from .errors import OutputError, ResumeError
+from .losses import CAUCHY_K
 from .problem import DistillProblem
 from .report import BASELINE_REFERENCE, first_frame, latents_to_images, save_grid, scores_table, write_markdown
 from .teacher import TeacherSpec
@@ -99,9 +100,9 @@ def loss_description(config: DistillConfig) -> str:
     """The training loss in words (solver metadata and report)."""
     base = "L1 on latents" if config.loss == "l1" else "LPIPS-VGG on decoded images"
     if config.loss_reduce == "log":
-        base = f"mean log(1e-6 + {base} per sample)"
+        base = f"mean log(1e-6 + {base} per sample)"  # LOG_EPS
     elif config.loss_reduce == "cauchy":
-        base = f"Cauchy-robust {base} (c log(1 + d / c) per sample, c = 3 batch medians)"
+        base = f"Cauchy-robust {base} (c log(1 + d / c) per sample, c = {CAUCHY_K:g} batch medians)"
     if config.mode == "gas":
         base += (f" + {config.disc_weight:g} x relativistic adversarial loss (R3GAN-style latent discriminator, "
                  f"'{config.disc_preset}' size, R1/R2 gamma {config.r1_gamma:g}, disc lr {config.disc_lr:g})")

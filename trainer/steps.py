@@ -9,9 +9,10 @@ GAS paper, arXiv 2510.17699).
   (:func:`trainer.schedule.learning_rate`), EMA update.
 
 ``distill`` = loss 'l1': mean |x_S - x_T|; 'lpips': LPIPS-VGG between decoded images; per sample, then reduced over
-the batch as ``loss_reduce`` says (the mean of the distances, or of their logs). Under torchrun the gradients
-and the logged numbers are averaged over the ranks before clipping and the optimiser steps, so every rank applies
-the identical update. A non-finite loss or gradient norm raises :class:`NonFiniteError` before any parameter changes.
+the batch as ``loss_reduce`` says (``trainer.losses.reduce_distances``: mean, log or Cauchy, the Cauchy scale being
+the median of the global batch). Under torchrun the gradients and the logged numbers are averaged over the ranks
+before clipping and the optimiser steps, so every rank applies the identical update. A non-finite loss or gradient
+norm raises :class:`NonFiniteError` before any parameter changes.
 """
 
 from __future__ import annotations
