@@ -1,7 +1,7 @@
 """Training-recipe bench: held-out error of GS solvers trained with the paper's recipe and with one lever changed.
 
 Usage: ``OMP_NUM_THREADS=1 python -m benchmarks.recipe [--teachers demo,hard,flow] [--settings paper,cosine,...]
-[--nfe 4 6] [--seeds 3] [--iters 500] [--png curves.png] [--json results.json]``
+[--nfe 4 6] [--seeds 3] [--first-seed 0] [--iters 500] [--png curves.png] [--json results.json]``
 
 Teachers (exact and cheap on the CPU, defined here):
 
@@ -154,6 +154,25 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
                                                               "loss_reduce": "cauchy", "coef_lr_scale": 0.3},
     "lr 3e-2+cosine+cauchy loss+coef lr x0.1": lambda iters: {"lr": 3e-2, "lr_schedule": "cosine",
                                                               "loss_reduce": "cauchy", "coef_lr_scale": 0.1},
+    "cauchy loss": lambda iters: {"loss_reduce": "cauchy"},
+    "lr 2e-3+cosine+cauchy loss": lambda iters: {"lr": 2e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy"},
+    "lr 3e-3+cosine+cauchy loss+ema 0.99": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine",
+                                                          "loss_reduce": "cauchy", "ema": 0.99},
+    "lr 3e-3+cosine+ema 0.99": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "ema": 0.99},
+    "lr 3e-3+cosine+cauchy loss+ema 0.9": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine",
+                                                         "loss_reduce": "cauchy", "ema": 0.9},
+    "lr 5e-3+cosine+cauchy loss+ema 0.99": lambda iters: {"lr": 5e-3, "lr_schedule": "cosine",
+                                                          "loss_reduce": "cauchy", "ema": 0.99},
+    "lr 3e-3+cosine+log loss+ema 0.99": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine",
+                                                       "loss_reduce": "log", "ema": 0.99},
+    "lr 3e-3+cosine+cauchy 10 loss": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
+                                                    "cauchy_scale": 10.0},
+    "lr 3e-3+cosine+cauchy 30 loss": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
+                                                    "cauchy_scale": 30.0},
+    # twice the samples per iteration: the same wall time on this bench (its per-iteration cost is overhead), twice
+    # the model evaluations on a real model
+    "lr 3e-3+cosine+cauchy loss+batch 8": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine",
+                                                         "loss_reduce": "cauchy", "batch": 8},
     # the ceiling: the same solver family trained 10x longer on twice the batch (20x the samples)
     "ceiling 10x iters+batch 8+lr 3e-3+cosine": lambda iters: {
         "iters": 10 * iters, "batch": 8, "lr": 3e-3, "lr_schedule": "cosine"},
@@ -276,7 +295,7 @@ def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResu
         problem = TEACHERS[teacher]()
         ref = held_out(problem, args.heldout, args.exact_steps, args.exact_cache)
         no_amp = ref.autocast
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             teacher_s: dict[tuple[Any, ...], float] = {}  # per teacher set (a setting may change its size/steps)
             for setting in args.settings:
                 for nfe in args.nfe:
@@ -428,7 +447,8 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     ap.add_argument("--settings", default=",".join(SETTINGS),
                     help="comma-separated, of " + ", ".join(SETTINGS).replace("%", "%%"))
     ap.add_argument("--nfe", type=int, nargs="+", default=[4, 6])
-    ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1")
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds: N of them, from --first-seed on")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first training seed (to add seeds to a saved run)")
     ap.add_argument("--iters", type=int, default=500)
     ap.add_argument("--train-size", type=int, default=400)
     ap.add_argument("--val-size", type=int, default=64, help="the trainer's held-out set (curves, stability)")

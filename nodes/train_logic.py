@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -15,8 +16,22 @@ from ._gas import core
 
 #: Characters a solver name cannot hold (it becomes a file name).
 _BAD_NAME = '/\\:*?"<>|'
+#: The trainer's named recipes (``trainer.config.RECIPES``) and the one the node starts from (``DEFAULT_RECIPE``),
+#: spelled out here so that the node's schema does not import the trainer at ComfyUI's start (a test keeps them equal).
+RECIPE_NAMES = ("paper", "tuned")
+DEFAULT_RECIPE = "paper"
 #: The trainer's parameter names that are other input names on this node (its messages name its parameters).
 NODE_NAMES = {"iters": "iterations", "lr": "learning_rate", "name": "solver_name", "ckpt_every": "checkpoint_every"}
+
+
+def node_configs(config_module: Any, recipe: str, nfes: Sequence[int], *, learning_rate: float = 0.0,
+                 **fields: Any) -> list[Any]:
+    """One ``DistillConfig`` per NFE: recipe ``recipe``'s values, then the node's ``fields``; ``learning_rate`` 0
+    keeps the recipe's rate. ``config_module`` is ``trainer.config``."""
+    if recipe not in config_module.RECIPES:
+        raise logic.GASNodeError(f"recipe must be one of {', '.join(config_module.RECIPES)}, got '{recipe}'")
+    rate = {"lr": float(learning_rate)} if learning_rate else {}
+    return [config_module.DistillConfig.from_recipe(recipe, nfe=n, **rate, **fields) for n in nfes]
 
 
 def parse_nfe(text: str) -> list[int]:

@@ -125,8 +125,9 @@ class GASTrainSolver(io.ComfyNode):
                 io.Int.Input("teacher_steps", default=0, min=0, max=10000, optional=True,
                              tooltip="Teacher steps (0 = 64, DPM-Solver++(3M) on a log-SNR grid)."),
                 io.Int.Input("batch", default=4, min=1, max=1024, optional=True, tooltip="Samples per iteration."),
-                io.Float.Input("learning_rate", default=1e-3, min=1e-7, max=1.0, step=1e-4, round=1e-7,
-                               optional=True, tooltip="Adam learning rate of the solver."),
+                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-4, round=1e-7,
+                               optional=True, tooltip="Adam learning rate of the solver (0 = the recipe's: 1e-3 "
+                                                      "paper, 3e-3 tuned)."),
                 io.Int.Input("train_size", default=1400, min=1, max=1_000_000, optional=True,
                              tooltip="Teacher samples for training."),
                 io.Int.Input("val_size", default=128, min=1, max=100_000, optional=True,
@@ -145,6 +146,11 @@ class GASTrainSolver(io.ComfyNode):
                                        "the conditioning's (FluxGuidance), else 3.5. Sample with the same value."),
                 io.Int.Input("frames", default=0, min=0, max=8192, step=4, optional=True,
                              tooltip="Video models: length in frames (0 = 25). Ignored for image models."),
+                io.Combo.Input("recipe", options=list(train_logic.RECIPE_NAMES), default=train_logic.DEFAULT_RECIPE,
+                               optional=True,
+                               tooltip="Training recipe the other settings start from: paper (the GAS paper's SD "
+                                       "recipe) or tuned (3x learning rate with cosine decay and a robust loss; in "
+                                       "gas mode a lighter, lazier discriminator); see the trainer README."),
             ],
             outputs=[
                 io.Custom("COMBO").Output(display_name="solver",
@@ -174,9 +180,10 @@ class GASTrainSolver(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, prompts: str, negative: str, cfg: float, width: int, height: int,
                 nfe: str, mode: str, iterations: int, seed: int, solver_name: str, overwrite: bool, clip: Any = None,
-                vae: Any = None, teacher_steps: int = 0, batch: int = 4, learning_rate: float = 1e-3,
+                vae: Any = None, teacher_steps: int = 0, batch: int = 4, learning_rate: float = 0.0,
                 train_size: int = 1400, val_size: int = 128, checkpoint_every: int = 100, conditioning: Any = None,
-                negative_conditioning: Any = None, guidance: float = 0.0, frames: int = 0) -> io.NodeOutput:
+                negative_conditioning: Any = None, guidance: float = 0.0, frames: int = 0,
+                recipe: str = train_logic.DEFAULT_RECIPE) -> io.NodeOutput:
         t = _trainer.load()
         errors = t["errors"]
         nfes = train_logic.parse_nfe(nfe)
@@ -190,12 +197,12 @@ class GASTrainSolver(io.ComfyNode):
         if prompt_set is None:
             raise logic.GASNodeError("the prompts text holds no prompt (one per line, '#' starts a comment); leave "
                                      "it empty to use the built-in prompt set")
-        configs = [t["config"].DistillConfig(
-            nfe=n, mode=mode, seed=seed, train_size=train_size, val_size=val_size, batch=batch, iters=iterations,
-            lr=learning_rate, teacher_steps=teacher_steps or None, out_dir=_solver_dir(), name=name,
-            overwrite=overwrite, ckpt_every=checkpoint_every, eval_every=max(500, iterations),
-            log_every=max(1, min(100, iterations // 10)), grid_samples=min(PREVIEW_SAMPLES, val_size),
-            disc_preset="paper") for n in nfes]
+        configs = train_logic.node_configs(
+            t["config"], recipe, nfes, learning_rate=learning_rate, mode=mode, seed=seed, train_size=train_size,
+            val_size=val_size, batch=batch, iters=iterations, teacher_steps=teacher_steps or None,
+            out_dir=_solver_dir(), name=name, overwrite=overwrite, ckpt_every=checkpoint_every,
+            eval_every=max(500, iterations), log_every=max(1, min(100, iterations // 10)),
+            grid_samples=min(PREVIEW_SAMPLES, val_size), disc_preset="paper")
         try:
             for config in configs:
                 config.validate()

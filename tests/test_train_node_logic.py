@@ -88,3 +88,18 @@ def test_inference_weights_become_usable_by_autograd() -> None:
     layer(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert own_inference_tensors(layer) == 0
+
+
+def test_the_node_recipes_are_the_trainers_and_its_configs_start_from_the_chosen_one() -> None:
+    from trainer import config
+
+    assert train_logic.RECIPE_NAMES == tuple(config.RECIPES)
+    assert train_logic.DEFAULT_RECIPE == config.DEFAULT_RECIPE
+    tuned = train_logic.node_configs(config, "tuned", [4, 6], mode="gs", batch=2)
+    assert [c.nfe for c in tuned] == [4, 6] and all(c.batch == 2 and c.mode == "gs" for c in tuned)
+    assert tuned[0] == config.DistillConfig.from_recipe("tuned", nfe=4, mode="gs", batch=2)
+    assert tuned[0].lr == config.RECIPES["tuned"]["lr"]  # learning_rate 0: the recipe's rate
+    paper = train_logic.node_configs(config, "paper", [4], learning_rate=2e-3)
+    assert paper[0] == config.DistillConfig(lr=2e-3)
+    with pytest.raises(logic.GASNodeError, match="recipe must be one of paper, tuned, got 'fast'"):
+        train_logic.node_configs(config, "fast", [4])

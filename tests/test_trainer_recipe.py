@@ -291,7 +291,7 @@ def test_log_loss_reduction_weighs_each_sample_by_its_relative_error(tmp_path, m
     seen: list[str] = []
     real = trainer.steps.reduce_distances
     monkeypatch.setattr(trainer.steps, "reduce_distances",
-                        lambda x, how, scale=None: (seen.append(how), real(x, how, scale))[1])
+                        lambda x, how, *rest: (seen.append(how), real(x, how, *rest))[1])
     log = distill(tiny_problem(), tiny_config(tmp_path / "log", iters=3, loss_reduce="log", report=False),
                   progress=False)
     mean = distill(tiny_problem(), tiny_config(tmp_path / "mean", iters=3, report=False), progress=False)
@@ -336,7 +336,30 @@ def test_cauchy_loss_reduction_is_l1_for_typical_samples_and_log_for_outliers(tm
     assert d.grad[3] < 0.02 and d.grad[0] > 0.8
     run = distill(tiny_problem(), tiny_config(tmp_path, iters=3, loss_reduce="cauchy", report=False), progress=False)
     assert "Cauchy-robust L1 on latents" in run.solver.metadata["loss"]
+    assert "c = 3 batch medians" in run.solver.metadata["loss"]
     assert math.isfinite(run.scores["methods"][run.label]["l1"])
+
+
+def test_the_cauchy_scale_sets_how_many_medians_count_as_typical(tmp_path):
+    """``cauchy_scale`` k: ``c = k`` medians; a larger k keeps more of L1's weight on the samples above the median,
+    and it is a resume key, recorded in the solver's metadata and validated."""
+    from trainer.checkpointing import RESUME_KEYS
+    from trainer.losses import reduce_distances
+
+    d = torch.tensor([1e-3, 2e-3, 3e-3, 0.5], requires_grad=True)
+    reduce_distances(d, "cauchy", medians=10.0).sum().backward()
+    assert torch.allclose(d.grad, 1 / (1 + d.detach() / (10 * 2e-3)))
+    three = torch.tensor([1e-3, 2e-3, 3e-3, 0.5], requires_grad=True)
+    reduce_distances(three, "cauchy").sum().backward()
+    assert bool((d.grad[1:] > three.grad[1:]).all())  # every sample above the smallest keeps more weight
+    assert "cauchy_scale" in RESUME_KEYS
+    with pytest.raises(ConfigError, match="cauchy_scale must be a positive number"):
+        DistillConfig(cauchy_scale=0.0).validate()
+    args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--loss-reduce", "cauchy", "--cauchy-scale", "10"])
+    assert cli.config_from_args(args).cauchy_scale == 10.0
+    run = distill(tiny_problem(), tiny_config(tmp_path, iters=3, loss_reduce="cauchy", cauchy_scale=10.0,
+                                              report=False), progress=False)
+    assert "c = 10 batch medians" in run.solver.metadata["loss"]
 
 
 @pytest.mark.parametrize("module", ["recipe", "gas_cost"])

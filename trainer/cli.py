@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
+    DEFAULT_RECIPE,
     DEFAULT_TEACHER_STEPS,
     DISC_PRESETS,
     LOSS_REDUCTIONS,
@@ -145,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--seed", type=int, default=_D.seed,
                       help="seed: teacher noise of sample i is seed+i; data order and discriminator derive from it")
     data = p.add_argument_group("data and optimisation (paper defaults)")
-    data.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
+    data.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
                       help="named training recipe whose values the options below start from (paper: the GAS paper's "
-                           "SD recipe, the defaults)")
+                           "SD recipe; tuned: the recipe bench's best, see the trainer README) (default: "
+                           f"{DEFAULT_RECIPE})")
     data.add_argument("--train-size", type=int, default=None,
                       help=f"teacher samples for training (default: {_D.train_size}{demo('train_size')})")
     data.add_argument("--val-size", type=int, default=None,
@@ -184,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how a batch's per-sample distances make the loss: mean (the paper); log, the mean of "
                            "log(distance + 1e-6), which weighs every sample by its relative error (robust to the "
                            "few samples a few-step solver sends to another mode); cauchy, c log(1 + d / c) with c "
-                           "three batch medians (L1 for typical samples, robust to outliers)")
+                           "--cauchy-scale batch medians (L1 for typical samples, robust to outliers)")
+    data.add_argument("--cauchy-scale", type=float, default=None,
+                      help=f"c of --loss-reduce cauchy in medians of the batch's distances: a sample at c medians "
+                           f"counts half of what L1 would; larger is closer to L1 (default: {_D.cauchy_scale:g})")
     adv = p.add_argument_group("adversarial (--mode gas)")
     adv.add_argument("--disc-lr", type=float, default=None,
                      help=f"Adam learning rate of the discriminator (default: {_D.disc_lr:g}{demo('disc_lr')})")
@@ -310,6 +315,7 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
         time_init=pick(args.time_init, "time_init"), select=pick(args.select, "select"),
         starts=pick(args.starts, "starts"), start_iters=pick(args.start_iters, "start_iters"),
         loss=pick(args.loss, "loss"), loss_reduce=pick(args.loss_reduce, "loss_reduce"),
+        cauchy_scale=pick(args.cauchy_scale, "cauchy_scale"),
         disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
         r1_gamma=pick(args.r1_gamma, "r1_gamma"), r1_every=pick(args.r1_every, "r1_every"),
         disc_every=pick(args.disc_every, "disc_every"), disc_preset=pick(args.disc_size, "disc_preset"),

@@ -18,8 +18,8 @@ from gas import MAX_NFE, MIN_NFE
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "LOSS_REDUCTIONS", "LR_SCHEDULES", "MODES",
-           "PACK_ROOT", "RECIPES", "SELECTIONS", "TEACHERS", "TIME_INITS", "DistillConfig"]
+__all__ = ["DEFAULT_RECIPE", "DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "LOSS_REDUCTIONS", "LR_SCHEDULES",
+           "MODES", "PACK_ROOT", "RECIPES", "SELECTIONS", "TEACHERS", "TIME_INITS", "DistillConfig"]
 
 #: The pack folder (the repository root): default outputs live below it.
 PACK_ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
         "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "coef_lr_scale": 1.0, "starts": 1,
-        "select": "last", "loss": "l1", "loss_reduce": "mean",
+        "select": "last", "loss": "l1", "loss_reduce": "mean", "cauchy_scale": 3.0,
         "disc_lr": 1e-5, "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
     },
 }
@@ -64,6 +64,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 #: the bench's full goal on one cell and was never run on a real checkpoint.
 RECIPES["tuned"] = {**RECIPES["paper"], "lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
                     "disc_weight": 0.1, "r1_every": 16, "disc_every": 4}
+
+#: The recipe the command line (``--recipe``) and the GAS Train Solver node start from.
+DEFAULT_RECIPE = "paper"
 
 
 @dataclass
@@ -101,6 +104,9 @@ class DistillConfig:
     #: sends to another mode no longer dominate the update; "cauchy", c log(1 + d_i / c) with c three batch
     #: medians: L1 for typical samples, log-like for those far above the median
     loss_reduce: str = "mean"
+    #: scale c of the "cauchy" reduction in medians of the batch's distances: a sample at c medians counts half of
+    #: what L1 would, one far above counts like a log (larger: closer to L1)
+    cauchy_scale: float = 3.0
     # ----- adversarial (mode "gas") ------------------------------------------------------------------------------
     disc_lr: float = 1e-5  #: Adam learning rate of the discriminator
     disc_weight: float = 1.0  #: weight of the adversarial loss in the solver's loss
@@ -241,7 +247,7 @@ class DistillConfig:
             need(is_int(self.teacher_steps) and 1 <= self.teacher_steps <= 10000,
                  f"`teacher_steps` must be an integer from 1 to 10000, got {self.teacher_steps!r}")
         need(self.teacher_order in (1, 2, 3, 4), f"`teacher_order` must be 1..4, got {self.teacher_order!r}")
-        for name in ("lr", "disc_lr", "coef_lr_scale"):
+        for name in ("lr", "disc_lr", "coef_lr_scale", "cauchy_scale"):
             value = getattr(self, name)
             need(is_num(value) and value > 0, f"`{name}` must be a positive number, got {value!r}")
         for name in ("grad_clip", "disc_weight", "r1_gamma"):

@@ -4,7 +4,8 @@
   between the decoded images, resized bilinearly to 224x224 and clipped to [-1, 1].
 * batch reduction (``reduce_distances``): "mean" of the per-sample distances ``d_i`` (the paper), "log":
   ``log(d_i + LOG_EPS)``, whose gradient ``grad d_i / (d_i + LOG_EPS)`` weighs every sample by its relative error,
-  or "cauchy": ``c log(1 + d_i / c)``, ``c`` three batch medians (L1 for typical samples, robust to outliers).
+  or "cauchy": ``c log(1 + d_i / c)``, ``c`` a number of batch medians (``cauchy_scale``, default 3): L1 for typical
+  samples, robust to outliers.
 * discriminator (relativistic pairing, R3GAN): ``softplus(D(fake) - D(real)) + gamma/2 (R1 + R2)`` with
   ``R1 = |grad_real D(real)|^2`` and ``R2 = |grad_fake D(fake)|^2`` (summed over the sample, ``create_graph`` so the
   penalties are trained).
@@ -39,7 +40,8 @@ __all__ = [
 
 #: Floor of the "log" reduction: distances far below it (a solver already exact on a sample) stop counting.
 LOG_EPS = 1e-6
-#: Scale of the "cauchy" reduction in batch medians: a sample at CAUCHY_K medians counts half of what L1 would.
+#: Default scale of the "cauchy" reduction in batch medians (``DistillConfig.cauchy_scale``): a sample at CAUCHY_K
+#: medians counts half of what L1 would.
 CAUCHY_K = 3.0
 
 #: torchvision's file name of the VGG16 ImageNet weights that LPIPS-VGG builds on.
@@ -51,10 +53,11 @@ def l1_latents(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (student.float() - teacher.float()).abs().flatten(1).mean(1)
 
 
-def reduce_distances(distances: torch.Tensor, how: str, scale: torch.Tensor | None = None) -> torch.Tensor:
+def reduce_distances(distances: torch.Tensor, how: str, scale: torch.Tensor | None = None,
+                     medians: float = CAUCHY_K) -> torch.Tensor:
     """Per-sample loss terms ``[B]`` from per-sample distances ``d`` ``[B]``; the batch loss is their mean.
 
-    "mean": ``d``. "log": ``log(d + LOG_EPS)``. "cauchy": ``c log(1 + d / c)`` with ``c = CAUCHY_K * scale``
+    "mean": ``d``. "log": ``log(d + LOG_EPS)``. "cauchy": ``c log(1 + d / c)`` with ``c = medians * scale``
     (``scale``: the median distance of the whole batch, detached), i.e. ``d`` weighted ``1 / (1 + d / c)``: about
     L1 for typical samples, the log's robustness for samples far above the batch's median.
     """
@@ -65,7 +68,7 @@ def reduce_distances(distances: torch.Tensor, how: str, scale: torch.Tensor | No
     if how == "cauchy":
         if scale is None:
             scale = distances.detach().median()
-        c = CAUCHY_K * scale.detach().clamp_min(LOG_EPS)
+        c = medians * scale.detach().clamp_min(LOG_EPS)
         return c * torch.log1p(distances / c)
     raise ValueError(f"unknown loss reduction {how!r}")
 

@@ -22,7 +22,6 @@ from gas import GeneralizedSolver
 
 from .config import DistillConfig
 from .errors import OutputError, ResumeError
-from .losses import CAUCHY_K
 from .problem import DistillProblem
 from .report import BASELINE_REFERENCE, first_frame, latents_to_images, save_grid, scores_table, write_markdown
 from .teacher import TeacherSpec
@@ -102,7 +101,7 @@ def loss_description(config: DistillConfig) -> str:
     if config.loss_reduce == "log":
         base = f"mean log(1e-6 + {base} per sample)"  # LOG_EPS
     elif config.loss_reduce == "cauchy":
-        base = f"Cauchy-robust {base} (c log(1 + d / c) per sample, c = {CAUCHY_K:g} batch medians)"
+        base = f"Cauchy-robust {base} (c log(1 + d / c) per sample, c = {config.cauchy_scale:g} batch medians)"
     if config.mode == "gas":
         base += (f" + {config.disc_weight:g} x relativistic adversarial loss (R3GAN-style latent discriminator, "
                  f"'{config.disc_preset}' size, R1/R2 gamma {config.r1_gamma:g}, disc lr {config.disc_lr:g})")

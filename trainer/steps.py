@@ -102,7 +102,7 @@ def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, floa
     scale = None
     if cfg.loss_reduce == "cauchy":  # the median of the global batch, the same on every rank
         scale = ctx.dist.all_gather_rows(dist_loss.detach().float().reshape(-1, 1)).median()
-    total = reduce_distances(dist_loss, cfg.loss_reduce, scale)
+    total = reduce_distances(dist_loss, cfg.loss_reduce, scale, cfg.cauchy_scale)
     parts = [dist_loss.detach().mean()]
     if run.disc is not None:
         adv = generator_adversarial_loss(run.disc, batch.real, out)
