@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                                    "disc_every": 2, "disc_blocks": 1, "disc_weight": 1.0},
     "GAS small, R1 every 16, D every 4, 1 block, weight 0.1": {"mode": "gas", "disc_preset": "small", "r1_every": 16,
                                                                "disc_every": 4, "disc_blocks": 1, "disc_weight": 0.1},
+    "GAS small, R1 every 16, D every 4, 1 block, weight 0.3": {"mode": "gas", "disc_preset": "small", "r1_every": 16,
+                                                               "disc_every": 4, "disc_blocks": 1, "disc_weight": 0.3},
 }
 
 

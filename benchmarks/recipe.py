@@ -472,7 +472,9 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
                 ap.error(f"unknown {name} {value!r}; known: {', '.join(known)}")
     logging.getLogger("trainer").setLevel(logging.WARNING)
     if args.load is not None:
-        results = [r for r in load_results(args.load) if r.setting in args.settings and r.teacher in args.teachers]
+        seeds = range(args.first_seed, args.first_seed + args.seeds)  # --seeds / --first-seed select saved runs too
+        results = [r for r in load_results(args.load)
+                   if r.setting in args.settings and r.teacher in args.teachers and r.seed in seeds]
         print(format_table(results, sorted({r.nfe for r in results})))
         if args.png is not None:
             draw_curves(results, args.png)

@@ -19,7 +19,7 @@ _BAD_NAME = '/\\:*?"<>|'
 #: The trainer's named recipes (``trainer.config.RECIPES``) and the one the node starts from (``DEFAULT_RECIPE``),
 #: spelled out here so that the node's schema does not import the trainer at ComfyUI's start (a test keeps them equal).
 RECIPE_NAMES = ("paper", "tuned")
-DEFAULT_RECIPE = "paper"
+DEFAULT_RECIPE = "tuned"
 #: The trainer's parameter names that are other input names on this node (its messages name its parameters).
 NODE_NAMES = {"iters": "iterations", "lr": "learning_rate", "name": "solver_name", "ckpt_every": "checkpoint_every"}
 

@@ -48,14 +48,19 @@ def test_help_documents_every_option(capsys):
             assert action.help and "default" in cli._HelpFormatter("x")._get_help_string(action), action.dest
 
 
-def test_cli_builds_the_paper_config_by_default():
-    args = cli.build_parser().parse_args(["--ckpt", "x.safetensors"])
-    cfg = cli.config_from_args(args)
-    ref = DistillConfig()
-    for key in ("nfe", "mode", "lr", "disc_lr", "disc_weight", "r1_gamma", "ema", "grad_clip", "batch", "iters",
-                "train_size", "val_size", "seed", "loss", "teacher", "disc_preset"):
-        assert getattr(cfg, key) == getattr(ref, key), key
-    assert (cfg.lr, cfg.disc_lr, cfg.r1_gamma, cfg.ema, cfg.batch, cfg.iters) == (1e-3, 1e-5, 0.2, 0.999, 4, 2000)
+def test_cli_builds_the_default_recipe_by_default_and_the_paper_recipe_when_asked():
+    from trainer.config import DEFAULT_RECIPE, RECIPES
+
+    assert DEFAULT_RECIPE == "tuned"
+    for recipe, argv in ((DEFAULT_RECIPE, []), ("paper", ["--recipe", "paper"])):
+        cfg = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x.safetensors", *argv]))
+        ref = DistillConfig.from_recipe(recipe)
+        for key in ("nfe", "mode", "disc_lr", "r1_gamma", "grad_clip", "batch", "iters", "train_size", "val_size",
+                    "seed", "loss", "teacher", "disc_preset", *RECIPES[recipe]):
+            assert getattr(cfg, key) == getattr(ref, key), (recipe, key)
+    paper = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "paper"]))
+    assert (paper.lr, paper.disc_lr, paper.r1_gamma, paper.ema, paper.batch, paper.iters) == (1e-3, 1e-5, 0.2, 0.999,
+                                                                                           4, 2000)
 
 
 @pytest.mark.parametrize("nfe", ["0", "17", "-3"])

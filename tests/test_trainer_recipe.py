@@ -37,10 +37,11 @@ def test_paper_recipe_is_todays_defaults():
 def test_cli_recipe_and_lever_options():
     base = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x.safetensors"]))
     paper = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "paper"]))
-    assert paper == base
-    assert (base.lr_schedule, base.lr_warmup, base.time_init) == ("constant", 0, "uniform")
-    args = cli.build_parser().parse_args(["--ckpt", "x", "--lr-schedule", "cosine", "--lr-warmup", "25",
-                                          "--time-init", "logsnr"])
+    assert paper != base and base == cli.config_from_args(cli.build_parser().parse_args(
+        ["--ckpt", "x.safetensors", "--recipe", "tuned"]))
+    assert (paper.lr_schedule, paper.lr_warmup, paper.time_init) == ("constant", 0, "uniform")
+    args = cli.build_parser().parse_args(["--ckpt", "x", "--recipe", "paper", "--lr-schedule", "cosine",
+                                          "--lr-warmup", "25", "--time-init", "logsnr"])
     cfg = cli.config_from_args(args)
     assert (cfg.lr_schedule, cfg.lr_warmup, cfg.time_init) == ("cosine", 25, "logsnr")
 
@@ -186,9 +187,9 @@ def test_a_recipe_sets_what_the_command_line_leaves_out(monkeypatch):
     built = cli.config_from_args(args, demo=True)
     assert (built.lr, built.ema, built.lr_schedule, built.grad_clip) == (2e-3, 0.95, "cosine", 0.5)
     assert built.batch == 16
-    paper = cli.config_from_args(parser.parse_args(["--demo"]), demo=True)
-    assert (paper.lr, paper.batch, paper.ema) == (config.DistillConfig().lr, config.DistillConfig().batch,
-                                                 config.DistillConfig().ema)
+    default = cli.config_from_args(parser.parse_args(["--demo"]), demo=True)
+    ref = config.DistillConfig.from_recipe(config.DEFAULT_RECIPE)
+    assert (default.lr, default.batch, default.loss_reduce) == (ref.lr, ref.batch, ref.loss_reduce)
 
 
 def test_select_best_writes_the_checked_solver_with_the_lowest_heldout_l1(tmp_path):
@@ -271,12 +272,14 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
 
 def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_3x_rate_the_cauchy_loss_and_a_light_discriminator():
     tuned, paper = DistillConfig.from_recipe("tuned"), DistillConfig.from_recipe("paper")
-    assert (tuned.lr, tuned.lr_schedule, tuned.loss_reduce) == (3e-3, "cosine", "cauchy")
+    assert (tuned.lr, tuned.lr_schedule, tuned.loss_reduce, tuned.cauchy_scale) == (3e-3, "cosine", "cauchy", 10.0)
     assert (tuned.disc_weight, tuned.r1_every, tuned.disc_every) == (0.1, 16, 4)
     changed = {k for k, v in tuned.to_dict().items() if paper.to_dict()[k] != v}
-    assert changed == {"lr", "lr_schedule", "loss_reduce", "disc_weight", "r1_every", "disc_every"}
+    assert changed == {"lr", "lr_schedule", "loss_reduce", "cauchy_scale", "disc_weight", "r1_every", "disc_every"}
     args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "tuned"])
     assert cli.config_from_args(args).lr == 3e-3
+    assert bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss"](2000) == {
+        k: v for k, v in RECIPES["tuned"].items() if k in changed and not k.startswith(("disc", "r1"))}
 
 
 def test_log_loss_reduction_weighs_each_sample_by_its_relative_error(tmp_path, monkeypatch):

@@ -55,7 +55,8 @@ __all__ = ["build_parser", "config_from_args", "main", "option_names"]
 
 log = logging.getLogger("trainer")
 
-_D = DistillConfig()
+#: The defaults the help states: the default recipe's values (``--recipe`` sets the base of every option below it).
+_D = DistillConfig.from_recipe(DEFAULT_RECIPE)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "--width x --height (default: the model's own)")
     cond.add_argument("--seed", type=int, default=_D.seed,
                       help="seed: teacher noise of sample i is seed+i; data order and discriminator derive from it")
-    data = p.add_argument_group("data and optimisation (paper defaults)")
+    data = p.add_argument_group(f"data and optimisation (defaults: --recipe {DEFAULT_RECIPE})")
     data.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
                       help="named training recipe whose values the options below start from (paper: the GAS paper's "
                            "SD recipe; tuned: the recipe bench's best, see the trainer README) (default: "
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"distillation loss: L1 on latents, or LPIPS-VGG on decoded images (needs the VGG "
                            f"weights) (default: {_D.loss})")
     data.add_argument("--loss-reduce", choices=LOSS_REDUCTIONS, default=None,
-                      help="how a batch's per-sample distances make the loss: mean (the paper); log, the mean of "
+                      help=f"how a batch's per-sample distances make the loss (default: {_D.loss_reduce}): mean "
+                           "(the paper); log, the mean of "
                            "log(distance + 1e-6), which weighs every sample by its relative error (robust to the "
                            "few samples a few-step solver sends to another mode); cauchy, c log(1 + d / c) with c "
                            "--cauchy-scale batch medians (L1 for typical samples, robust to outliers)")
@@ -199,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"gamma of the R1 + R2 penalties (default: {_D.r1_gamma:g})")
     adv.add_argument("--r1-every", type=int, default=None,
                      help=f"R1/R2 penalty on every N-th discriminator step only, weighted N times (lazy "
-                          f"regularisation; default: {_D.r1_every}, every step)")
+                          f"regularisation; default: {_D.r1_every})")
     adv.add_argument("--disc-every", type=int, default=None,
                      help=f"one discriminator step every N iterations (default: {_D.disc_every})")
     adv.add_argument("--disc-size", choices=tuple(DISC_PRESETS), default=None,
