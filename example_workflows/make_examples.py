@@ -33,6 +33,8 @@ SEED = 42
 CFG = 7.5
 NFE = 4
 TEACHER_STEPS = 30
+#: The training recipe of the training example (GAS Train Solver's default; learning_rate 0 takes its rate).
+RECIPE = "tuned"
 SIZE = 512
 #: LiteGraph's node mode for a bypassed node.
 BYPASSED = 4
@@ -285,7 +287,7 @@ def train() -> Graph:
     g.link(ckpt, 1, lora, "clip")
     trainer = g.add("GASTrainSolver", (720, 0), (360, 720),
                     ["", "", CFG, SIZE, SIZE, str(NFE), "gas", 2000, SEED, "fixed", "sd15-my-lora", False,
-                     0, 4, 0.001, 1400, 128, 100, 0.0, 0],
+                     0, 4, 0.0, 1400, 128, 100, 0.0, 0, RECIPE],
                     inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")],
                     outputs=[("solver", "COMBO"), ("preview", "IMAGE"), ("report", "STRING")])
     g.link(lora, 0, trainer, "model")
