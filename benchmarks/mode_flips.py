@@ -23,6 +23,7 @@ import torch
 
 from gas import sample_gas
 from trainer.distill import distill
+from trainer.losses import l1_latents
 from trainer.runtime import start_state
 
 from .recipe import SETTINGS, TEACHERS, held_out, run_config
@@ -39,10 +40,13 @@ def nearest_component(x: torch.Tensor, means: torch.Tensor, classes: torch.Tenso
 
 def flip_stats(student: torch.Tensor, exact: torch.Tensor, means: torch.Tensor, classes: torch.Tensor
                ) -> dict[str, Any]:
-    """Flip mask and the split of the mean per-sample L1 between flipped and other samples."""
-    per_sample = (student.float() - exact.float()).abs().flatten(1).mean(1)
-    flip = nearest_component(student, means, classes) != nearest_component(exact, means, classes)
-    return {"flip": flip, "rate": float(flip.float().mean()), "l1": float(per_sample.mean()),
+    """Flip mask, the exact end states' components and the split of the mean per-sample L1 between flipped and
+    other samples."""
+    per_sample = l1_latents(student, exact)
+    exact_component = nearest_component(exact, means, classes)
+    flip = nearest_component(student, means, classes) != exact_component
+    return {"flip": flip, "exact_component": exact_component, "rate": float(flip.float().mean()),
+            "l1": float(per_sample.mean()),
             "flip_share": float(per_sample[flip].sum() / per_sample.sum()),
             "l1_others": float(per_sample[~flip].mean()) if bool((~flip).any()) else 0.0}
 
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                        schedule=problem.schedule,
                        callback=lambda info, turns=turns: turns.append(
                            nearest_component(info["denoised"], means, classes)))
-        exact_comp = nearest_component(ref.exact, means, classes)
+        exact_comp = stats["exact_component"]
         for k, comp in enumerate(turns):
             still = float((comp[flip] == exact_comp[flip]).float().mean()) if bool(flip.any()) else float("nan")
             print(f"  step {k + 1} at sigma {float(sigmas[k]):.3f}: the denoised output points to the exact ODE's "

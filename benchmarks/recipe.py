@@ -167,8 +167,6 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
                                                        "loss_reduce": "log", "ema": 0.99},
     "lr 3e-3+cosine+cauchy 10 loss": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
                                                     "cauchy_scale": 10.0},
-    "lr 3e-3+cosine+cauchy 30 loss": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
-                                                    "cauchy_scale": 30.0},
     # twice the samples per iteration: the same wall time on this bench (its per-iteration cost is overhead), twice
     # the model evaluations on a real model
     "lr 3e-3+cosine+cauchy loss+batch 8": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine",

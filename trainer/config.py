@@ -101,8 +101,8 @@ class DistillConfig:
     loss: str = "l1"  #: distillation loss: "l1" on latents, or "lpips" (VGG) on decoded images
     #: batch reduction of the per-sample distances d_i: "mean" (the paper); "log", the mean of log(d_i + 1e-6):
     #: each sample's gradient is divided by its own distance (relative error), so the few samples a few-step solver
-    #: sends to another mode no longer dominate the update; "cauchy", c log(1 + d_i / c) with c three batch
-    #: medians: L1 for typical samples, log-like for those far above the median
+    #: sends to another mode no longer dominate the update; "cauchy", c log(1 + d_i / c) with c `cauchy_scale`
+    #: batch medians: L1 for typical samples, log-like for those far above the median
     loss_reduce: str = "mean"
     #: scale c of the "cauchy" reduction in medians of the batch's distances: a sample at c medians counts half of
     #: what L1 would, one far above counts like a log (larger: closer to L1)
