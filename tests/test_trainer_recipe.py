@@ -280,6 +280,10 @@ def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_3x_rate_the_cauchy_
     assert cli.config_from_args(args).lr == 3e-3
     assert bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss"](2000) == {
         k: v for k, v in RECIPES["tuned"].items() if k in changed and not k.startswith(("disc", "r1"))}
+    # the teacher-cost levers are `tuned` with one data setting changed
+    lever = bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss+teacher 32+train 2800"](2000)
+    assert DistillConfig.from_recipe("tuned", teacher_steps=32, train_size=2800) == DistillConfig.from_recipe(
+        "paper", **lever)
 
 
 def test_log_loss_reduction_weighs_each_sample_by_its_relative_error(tmp_path, monkeypatch):
