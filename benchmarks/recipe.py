@@ -176,6 +176,12 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     "lr 3e-3+cosine+cauchy 10 loss+teacher 32": lambda iters: {**_TUNED, "teacher_steps": 32},
     "lr 3e-3+cosine+cauchy 10 loss+teacher 32+train 2800": lambda iters: {**_TUNED, "teacher_steps": 32,
                                                                            "train_size": 2800},
+    # the loss on intermediate states (trainer/trajectory.py) on top of `tuned`: constant weight, or decayed to 0
+    "tuned+state 1": lambda iters: {**_TUNED, "state_loss": 1.0},
+    "tuned+state 1 linear": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear"},
+    "tuned+state 3 linear": lambda iters: {**_TUNED, "state_loss": 3.0, "state_anneal": "linear"},
+    "tuned+state 1 linear+points 64": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear",
+                                                     "state_points": 64},
     # twice the samples per iteration: the same wall time on this bench (its per-iteration cost is overhead), twice
     # the model evaluations on a real model
     "lr 3e-3+cosine+cauchy loss+batch 8": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine",
@@ -290,7 +296,7 @@ def run_config(root: Path, teacher: str, setting: str, nfe: int, seed: int, args
 def teacher_key(config: DistillConfig) -> tuple[Any, ...]:
     """What decides a run's teacher samples and their cost (runs with the same key share one generation)."""
     return (config.seed, config.train_size, config.val_size, config.teacher, config.resolved_teacher_steps,
-            config.teacher_grid, config.teacher_order)
+            config.teacher_grid, config.teacher_order, config.state_loss > 0 and config.state_points)
 
 
 def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResult], None] | None = None

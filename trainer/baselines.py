@@ -68,8 +68,10 @@ def dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: dict[
 
 
 def ipndm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: dict[str, Any] | None = None, *,
-          schedule: NoiseSchedule | None = None, order: int = 4) -> torch.Tensor:
-    """Improved PNDM of the given maximum ``order`` (1..4); see the module docstring."""
+          schedule: NoiseSchedule | None = None, order: int = 4,
+          callback: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
+    """Improved PNDM of the given maximum ``order`` (1..4); see the module docstring. ``callback`` gets
+    k-diffusion's ``{x, i, sigma, denoised}`` after each model call."""
     if order not in _AB:
         raise ValueError(f"iPNDM order must be 1..4, got {order}")
     cond = cond or {}
@@ -79,7 +81,10 @@ def ipndm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: dict[str
     xf = x.to(torch.float32)
     history: list[torch.Tensor] = []
     for k in range(s.numel() - 1):
-        d = (xf - _call(model, xf.to(x.dtype), s[k], cond).float()) / float(s[k])
+        denoised = _call(model, xf.to(x.dtype), s[k], cond).float()
+        if callback is not None:
+            callback({"x": xf, "i": k, "sigma": s[k], "denoised": denoised})
+        d = (xf - denoised) / float(s[k])
         history.insert(0, d)
         del history[order:]
         coefs = _AB[min(order, len(history))]

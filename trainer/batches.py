@@ -49,6 +49,8 @@ class Batch:
     noise: torch.Tensor
     real: torch.Tensor
     cond: dict[str, torch.Tensor]
+    #: With the state loss on: the teacher's kept states and denoised outputs ``[b, 2P, *latent]`` (device); else None.
+    states: torch.Tensor | None = None
 
     def fake_noise(self, config: DistillConfig) -> torch.Tensor:
         """This rank's share of the discriminator's fresh noise of this iteration."""
@@ -57,11 +59,14 @@ class Batch:
 
 
 def training_batch(problem: DistillProblem, config: DistillConfig, step: int, train_noise: torch.Tensor,
-                   train_lat: torch.Tensor, dist: Dist | None = None) -> Batch:
-    """This rank's batch of iteration ``step`` from the training set (the teacher's noises and end states)."""
+                   train_lat: torch.Tensor, dist: Dist | None = None, train_states: torch.Tensor | None = None
+                   ) -> Batch:
+    """This rank's batch of iteration ``step`` from the training set (the teacher's noises and end states, and its
+    kept trajectory where the state loss is on)."""
     dist = dist or Dist()
     global_idx = batch_indices(config, step)
     idx = list(dist.local_slice(global_idx))
     return Batch(step=step, indices=idx, offset=dist.rank * len(idx), global_size=len(global_idx),
                  noise=train_noise[idx], real=train_lat[idx].to(problem.device),
-                 cond=problem.conditions(idx))
+                 cond=problem.conditions(idx),
+                 states=None if train_states is None else train_states[idx].to(problem.device))

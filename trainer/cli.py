@@ -37,6 +37,7 @@ from .config import (
     PACK_ROOT,
     RECIPES,
     SELECTIONS,
+    STATE_ANNEALS,
     TIME_INITS,
     DistillConfig,
 )
@@ -192,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--cauchy-scale", type=float, default=None,
                       help=f"c of --loss-reduce cauchy in medians of the batch's distances: a sample at c medians "
                            f"counts half of what L1 would; larger is closer to L1 (default: {_D.cauchy_scale:g})")
+    data.add_argument("--state-loss", type=float, default=None,
+                      help="weight of a loss on the solver's intermediate states against the teacher's trajectory "
+                           f"(0 = the end state only, the paper; default: {_D.state_loss:g}); the teacher cache then "
+                           "also keeps --state-points states per sample")
+    data.add_argument("--state-points", type=int, default=None,
+                      help=f"teacher steps whose state is kept for --state-loss (default: {_D.state_points})")
+    data.add_argument("--state-anneal", choices=STATE_ANNEALS, default=None,
+                      help="--state-loss weight over training: none (constant) or linear (decayed to 0 at the end) "
+                           f"(default: {_D.state_anneal})")
     adv = p.add_argument_group("adversarial (--mode gas)")
     adv.add_argument("--disc-lr", type=float, default=None,
                      help=f"Adam learning rate of the discriminator (default: {_D.disc_lr:g}{demo('disc_lr')})")
@@ -317,7 +327,8 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
         time_init=pick(args.time_init, "time_init"), select=pick(args.select, "select"),
         starts=pick(args.starts, "starts"), start_iters=pick(args.start_iters, "start_iters"),
         loss=pick(args.loss, "loss"), loss_reduce=pick(args.loss_reduce, "loss_reduce"),
-        cauchy_scale=pick(args.cauchy_scale, "cauchy_scale"),
+        cauchy_scale=pick(args.cauchy_scale, "cauchy_scale"), state_loss=pick(args.state_loss, "state_loss"),
+        state_points=pick(args.state_points, "state_points"), state_anneal=pick(args.state_anneal, "state_anneal"),
         disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
         r1_gamma=pick(args.r1_gamma, "r1_gamma"), r1_every=pick(args.r1_every, "r1_every"),
         disc_every=pick(args.disc_every, "disc_every"), disc_preset=pick(args.disc_size, "disc_preset"),

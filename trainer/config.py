@@ -19,7 +19,7 @@ from gas import MAX_NFE, MIN_NFE
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_RECIPE", "DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "LOSS_REDUCTIONS", "LR_SCHEDULES",
-           "MODES", "PACK_ROOT", "RECIPES", "SELECTIONS", "TEACHERS", "TIME_INITS", "DistillConfig"]
+           "MODES", "PACK_ROOT", "RECIPES", "SELECTIONS", "STATE_ANNEALS", "TEACHERS", "TIME_INITS", "DistillConfig"]
 
 #: The pack folder (the repository root): default outputs live below it.
 PACK_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,8 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 #: Initial timestep grids of the solver (``trainer.schedule.initial_times``).
 TIME_INITS = ("uniform", "logsnr")
+#: How the weight of the loss on intermediate states moves over training (``trainer.trajectory.state_weight``).
+STATE_ANNEALS = ("none", "linear")
 #: Which EMA solver a run writes (``DistillConfig.select``).
 SELECTIONS = ("last", "best")
 #: Discriminator widths / groups per stage (stages are added or dropped to fit the latent size).
@@ -53,6 +55,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
         "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "coef_lr_scale": 1.0, "starts": 1,
         "select": "last", "loss": "l1", "loss_reduce": "mean", "cauchy_scale": 3.0,
+        "state_loss": 0.0, "state_points": 8, "state_anneal": "none",
         "disc_lr": 1e-5, "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
     },
 }
@@ -107,6 +110,12 @@ class DistillConfig:
     #: scale c of the "cauchy" reduction in medians of the batch's distances: a sample at c medians counts half of
     #: what L1 would, one far above counts like a log (larger: closer to L1)
     cauchy_scale: float = 3.0
+    #: weight of the loss on the solver's intermediate states against the teacher's trajectory (trainer/trajectory.py;
+    #: mean L1 in DPM state space over states 1 .. N-1), added to the distillation loss; 0 = the end state only (the
+    #: paper). On: the teacher cache also keeps `state_points` states and denoised outputs per sample
+    state_loss: float = 0.0
+    state_points: int = 8  #: teacher steps whose state and denoised output are kept for `state_loss` (evenly spread)
+    state_anneal: str = "none"  #: `state_loss` weight over training: "none" (constant) or "linear" decay to 0
     # ----- adversarial (mode "gas") ------------------------------------------------------------------------------
     disc_lr: float = 1e-5  #: Adam learning rate of the discriminator
     disc_weight: float = 1.0  #: weight of the adversarial loss in the solver's loss
@@ -211,6 +220,11 @@ class DistillConfig:
         need(self.loss in LOSSES, f"`loss` must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         need(self.loss_reduce in LOSS_REDUCTIONS,
              f"`loss_reduce` must be one of {', '.join(LOSS_REDUCTIONS)}, got {self.loss_reduce!r}")
+        need(math.isfinite(self.state_loss) and self.state_loss >= 0,
+             f"`state_loss` must be a finite weight >= 0 (0 = off), got {self.state_loss}")
+        need(self.state_points >= 1, f"`state_points` must be at least 1, got {self.state_points}")
+        need(self.state_anneal in STATE_ANNEALS,
+             f"`state_anneal` must be one of {', '.join(STATE_ANNEALS)}, got {self.state_anneal!r}")
         need(self.teacher in TEACHERS, f"`teacher` must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
         need(self.teacher_grid in TEACHER_GRIDS, f"`teacher_grid` must be one of {TEACHER_GRIDS}")
         need(self.amp in AMP_MODES, f"`amp` must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")

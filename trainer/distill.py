@@ -132,9 +132,9 @@ def distill(problem: DistillProblem, config: DistillConfig | None = None, *, pro
     autocast = resolve_amp(config.amp, problem.device)
     lp = resolve_lpips(problem, config.loss, lpips_model, dist)
     monitor = RunMonitor(paths.run_dir, config, progress=progress) if dist.is_main else RunMonitor.disabled()
-    ctx = StepContext(problem, config, autocast, end_sigmas(problem, config.t_eps)[0], lp, dist)
     data = load_teacher(problem, config, autocast, progress=progress, dist=dist, on_progress=on_progress,
                         should_stop=should_stop)
+    ctx = StepContext(problem, config, autocast, end_sigmas(problem, config.t_eps)[0], lp, dist, data.state_sigmas)
 
     def make_run() -> RunState:
         return RunState(problem, config, fp16=autocast.dtype == torch.float16, distributed=dist.distributed)
@@ -171,7 +171,8 @@ def train(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPaths
                 while run.step < config.iters:
                     run.step += 1
                     step = run.step
-                    batch = training_batch(ctx.problem, config, step, data.train_noise, data.train_lat, dist)
+                    batch = training_batch(ctx.problem, config, step, data.train_noise, data.train_lat, dist,
+                                           data.train_states)
                     try:
                         disc_turn = run.disc is not None and (step - 1) % config.disc_every == 0
                         stats = discriminator_step(ctx, run, batch) if disc_turn else {}

@@ -81,15 +81,22 @@ def start_state(problem: DistillProblem, noise: torch.Tensor, s0: float) -> torc
 
 
 def run_student(problem: DistillProblem, solver: GeneralizedSolver, x_init: torch.Tensor, cond: dict[str, Any], *,
-                autocast: Autocast, differentiable: bool, grad_checkpoint: bool = True) -> torch.Tensor:
-    """The solver's end state (float32) from ``x_init``; differentiable in the solver parameters if asked."""
+                autocast: Autocast, differentiable: bool, grad_checkpoint: bool = True,
+                states: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """The solver's end state (float32) from ``x_init``; differentiable in the solver parameters if asked.
+    ``states``: a list that receives the intermediate states and their sigmas ``(x_k, s_k)``, k = 1 .. N-1."""
     caller = ModelCaller(problem, autocast, grad_checkpoint and differentiable)
     hook: Callable[[torch.Tensor], None] | None = caller.hook if problem.timestep_hook is not None else None
     with torch.set_grad_enabled(differentiable):
         sigmas = solver.sigmas(problem.schedule)
         if not differentiable:
             sigmas = sigmas.detach()
-        out = sample_gas(caller, x_init, sigmas, extra_args=cond, disable=True, solver=solver,
+        record = None
+        if states is not None:
+            def record(info: dict[str, Any]) -> None:
+                if info["i"] > 0:
+                    states.append((info["x"], info["sigma"]))
+        out = sample_gas(caller, x_init, sigmas, extra_args=cond, callback=record, disable=True, solver=solver,
                          schedule=problem.schedule, decoupled=problem.decoupled, timestep_hook=hook,
                          differentiable=differentiable)
     return out.float()

@@ -46,7 +46,8 @@ def best_start(ctx: StepContext, make_run: Callable[[], RunState], data: Teacher
         disc, run.disc = run.disc, None  # the distillation loss only: GAS's discriminator starts with the winner
         for step in range(1, n + 1):
             run.step = step
-            solver_step(ctx, run, training_batch(ctx.problem, config, step, data.train_noise, data.train_lat, dist))
+            batch = training_batch(ctx.problem, config, step, data.train_noise, data.train_lat, dist, data.train_states)
+            solver_step(ctx, run, batch)
         run.disc = disc
         l1 = heldout_l1(ctx.problem, config, run.ema_solver(), data, autocast=ctx.autocast, dist=dist)
         if dist.is_main:

@@ -8,6 +8,9 @@ GAS paper, arXiv 2510.17699).
   frozen), averaged over the batch; backprop, gradient-norm clip, Adam at the iteration's learning rate
   (:func:`trainer.schedule.learning_rate`), EMA update.
 
+With ``state_loss`` on, ``L`` also holds ``w * state_distance`` (:mod:`trainer.trajectory`: the intermediate
+states against the teacher's trajectory, ``w`` after ``state_anneal``).
+
 ``distill`` = loss 'l1': mean |x_S - x_T|; 'lpips': LPIPS-VGG between decoded images; per sample, then reduced over
 the batch as ``loss_reduce`` says (``trainer.losses.reduce_distances``: mean, log or Cauchy, the Cauchy scale being
 the median of the global batch). Under torchrun the gradients and the logged numbers are averaged over the ranks
@@ -31,6 +34,7 @@ from .problem import DistillProblem
 from .run_state import RunState
 from .runtime import Autocast, run_student, start_state
 from .schedule import learning_rate
+from .trajectory import state_distances, state_weight
 
 __all__ = ["NonFiniteError", "StepContext", "discriminator_step", "solver_step"]
 
@@ -53,6 +57,8 @@ class StepContext:
     s0: float
     lpips: nn.Module | None = None
     dist: Dist = field(default_factory=Dist)
+    #: The sigmas of the teacher's kept states when the state loss is on (``TeacherData.state_sigmas``).
+    state_sigmas: torch.Tensor | None = None
 
 
 def _reduce(dist: Dist, params: list[nn.Parameter], stats: list[torch.Tensor]) -> list[float]:
@@ -90,8 +96,9 @@ def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, floa
     """One Adam step of the solver on the batch (plus the EMA update); returns its stats."""
     prob, cfg = ctx.problem, ctx.config
     x_init = start_state(prob, batch.noise, ctx.s0)
+    states: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if batch.states is not None else None
     out = run_student(prob, run.solver, x_init, batch.cond, autocast=ctx.autocast, differentiable=True,
-                      grad_checkpoint=cfg.grad_checkpoint)
+                      grad_checkpoint=cfg.grad_checkpoint, states=states)
     if cfg.loss == "l1":
         dist_loss = l1_latents(out, batch.real)
     else:
@@ -104,6 +111,11 @@ def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, floa
         scale = ctx.dist.all_gather_rows(dist_loss.detach().float().reshape(-1, 1)).median()
     total = reduce_distances(dist_loss, cfg.loss_reduce, scale, cfg.cauchy_scale)
     parts = [dist_loss.detach().mean()]
+    if batch.states is not None:
+        assert states is not None and ctx.state_sigmas is not None
+        state_dist = state_distances(prob.schedule, states, batch.states, ctx.state_sigmas)
+        total = total + state_weight(cfg.state_loss, cfg.state_anneal, run.step, cfg.iters) * state_dist
+        parts.append(state_dist.detach().mean())
     if run.disc is not None:
         adv = generator_adversarial_loss(run.disc, batch.real, out)
         total = total + cfg.disc_weight * adv
@@ -129,6 +141,8 @@ def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, floa
             raise NonFiniteError("gradient norm", float(grad_norm))
         run.opt.step()
     run.ema.update(run.params)
-    stats = {"adv": reduced[2]} if run.disc is not None else {}
+    stats = {"state": reduced[2]} if batch.states is not None else {}
+    if run.disc is not None:
+        stats["adv"] = reduced[-1]
     stats.update(loss=reduced[0], distill=reduced[1], grad_norm=float(grad_norm))
     return stats

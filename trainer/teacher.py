@@ -51,8 +51,10 @@ __all__ = [
     "TeacherSpec",
     "derive_seed",
     "end_sigmas",
+    "kept_sigmas",
     "make_teacher_spec",
     "run_teacher",
+    "run_teacher_trajectory",
     "sample_noise",
 ]
 
@@ -138,17 +140,48 @@ def make_teacher_spec(problem: DistillProblem, config: DistillConfig) -> Teacher
 
 @torch.no_grad()
 def run_teacher(problem: DistillProblem, spec: TeacherSpec, noise: torch.Tensor, cond: dict[str, Any],
-                autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-                ) -> torch.Tensor:
-    """Teacher end states (float32, on ``noise``'s device) for a batch of unit noises and their conditioning."""
+                autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+                callback: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
+    """Teacher end states (float32, on ``noise``'s device) for a batch of unit noises and their conditioning
+    (``callback``: k-diffusion's ``{x, i, sigma, denoised}`` after each model call)."""
     s = torch.tensor(spec.sigmas, dtype=torch.float64)
     x = problem.schedule.initial_state(noise, s[0]).to(problem.dtype)
     with autocast():
         if spec.kind == "dpmpp3m":
-            out = sample_gas(problem.denoiser, x, s, extra_args=cond, disable=True, schedule=problem.schedule)
+            out = sample_gas(problem.denoiser, x, s, extra_args=cond, disable=True, schedule=problem.schedule,
+                             callback=callback)
         else:
-            out = ipndm(problem.denoiser, x, s, cond, schedule=problem.schedule, order=spec.order)
+            out = ipndm(problem.denoiser, x, s, cond, schedule=problem.schedule, order=spec.order, callback=callback)
     return out.float()
+
+
+def run_teacher_trajectory(problem: DistillProblem, spec: TeacherSpec, noise: torch.Tensor, cond: dict[str, Any],
+                           keep: Sequence[int],
+                           autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+                           ) -> torch.Tensor:
+    """``[B, 1 + 2P, *latent]`` float32: the teacher's end states, then its states and then its denoised outputs at
+    the P steps ``keep`` (``trainer.trajectory.kept_steps``)."""
+    wanted = {int(k): row for row, k in enumerate(keep)}
+    states: list[torch.Tensor | None] = [None] * len(keep)
+    denoised: list[torch.Tensor | None] = [None] * len(keep)
+
+    def record(info: dict[str, Any]) -> None:
+        row = wanted.get(int(info["i"]))
+        if row is not None:
+            states[row], denoised[row] = info["x"].float(), info["denoised"].float()
+
+    end = run_teacher(problem, spec, noise, cond, autocast, callback=record)
+    if any(t is None for t in states):
+        raise ValueError(f"the teacher has {spec.steps} steps; cannot keep steps {list(keep)}")
+    return torch.stack([end, *states, *denoised], 1)  # type: ignore[list-item]
+
+
+def kept_sigmas(problem: DistillProblem, spec: TeacherSpec, keep: Sequence[int]) -> torch.Tensor:
+    """``[P]`` float64: the sigmas of the teacher states kept at steps ``keep`` (the first one as the teacher's first
+    step treats it, ``schedule.first_sigma``)."""
+    s = torch.tensor(spec.sigmas, dtype=torch.float64)
+    s = torch.cat([problem.schedule.first_sigma(s[:1]).reshape(1), s[1:]])
+    return s[list(keep)]
 
 
 def _checksum(indices: torch.Tensor, noise: torch.Tensor, latents: torch.Tensor) -> str:
@@ -165,9 +198,12 @@ class TeacherCache:
     shard. ``generate(indices) -> (noise, latents)`` produces missing samples (CPU float32).
     """
 
-    def __init__(self, root: str | Path, key_data: dict[str, Any], latent_shape: Sequence[int]) -> None:
+    def __init__(self, root: str | Path, key_data: dict[str, Any], latent_shape: Sequence[int],
+                 target_shape: Sequence[int] | None = None) -> None:
         self.key = json_digest(key_data)
         self.latent_shape = tuple(latent_shape)
+        #: The shape of a sample's stored teacher output: the latent's, or ``[1 + 2P, *latent]`` with its trajectory.
+        self.target_shape = tuple(target_shape) if target_shape is not None else self.latent_shape
         self.dir = Path(root) / f"teacher-{self.key[:20]}"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +266,7 @@ class TeacherCache:
             raise ValueError("tensors are missing")
         n = idx.numel()
         shape = (n, *self.latent_shape)
-        if tuple(noise.shape) != shape or tuple(lat.shape) != shape:
+        if tuple(noise.shape) != shape or tuple(lat.shape) != (n, *self.target_shape):
             raise ValueError(f"unexpected shapes {list(noise.shape)} / {list(lat.shape)}")
         if meta.get("sha256") != _checksum(idx, noise, lat):
             raise ValueError("checksum mismatch")

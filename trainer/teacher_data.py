@@ -20,7 +20,16 @@ from .distributed import Dist, mark_on_every_rank
 from .errors import ConfigError
 from .problem import VALIDATION_OFFSET, DistillProblem
 from .runtime import Autocast
-from .teacher import TeacherCache, TeacherSpec, make_teacher_spec, run_teacher, sample_noise
+from .teacher import (
+    TeacherCache,
+    TeacherSpec,
+    kept_sigmas,
+    make_teacher_spec,
+    run_teacher,
+    run_teacher_trajectory,
+    sample_noise,
+)
+from .trajectory import kept_steps
 
 __all__ = ["TeacherData", "load_teacher", "teacher_key"]
 
@@ -29,10 +38,14 @@ log = logging.getLogger("trainer")
 
 def teacher_key(problem: DistillProblem, config: DistillConfig, spec: TeacherSpec, autocast: Autocast
                 ) -> dict[str, Any]:
-    """What the teacher's samples depend on (hashed into the cache folder's name)."""
-    return {"cache_format": 1, "identity": problem.identity, "latent_shape": list(problem.latent_shape),
-            "dtype": str(problem.dtype).replace("torch.", ""), "amp": autocast.name,
-            "schedule": problem.schedule.to_metadata(), "seed": config.seed, "teacher": spec.to_json()}
+    """What the teacher's samples depend on (hashed into the cache folder's name); with the state loss on, also the
+    kept trajectory steps (such a cache holds them beside the end states, so it is a cache of its own)."""
+    key = {"cache_format": 1, "identity": problem.identity, "latent_shape": list(problem.latent_shape),
+           "dtype": str(problem.dtype).replace("torch.", ""), "amp": autocast.name,
+           "schedule": problem.schedule.to_metadata(), "seed": config.seed, "teacher": spec.to_json()}
+    if config.state_loss > 0:
+        key["kept_steps"] = kept_steps(spec.steps, config.state_points)
+    return key
 
 
 @dataclass
@@ -46,6 +59,10 @@ class TeacherData:
     val_idx: list[int]
     val_noise: torch.Tensor
     val_lat: torch.Tensor
+    #: With the state loss on: the training samples' kept teacher states then their denoised outputs
+    #: ``[n, 2P, *latent]`` (CPU) and the states' sigmas ``[P]`` (float64, decreasing); else None.
+    train_states: torch.Tensor | None = None
+    state_sigmas: torch.Tensor | None = None
 
 
 def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autocast, *,
@@ -61,7 +78,9 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
     dist = dist or Dist()
     _, cache_dir, _ = config.paths()
     spec = dist.main_decides(lambda: make_teacher_spec(problem, config))
-    cache = TeacherCache(cache_dir, teacher_key(problem, config, spec, autocast), problem.latent_shape)
+    keep = kept_steps(spec.steps, config.state_points) if config.state_loss > 0 else None
+    target_shape = None if keep is None else (1 + 2 * len(keep), *problem.latent_shape)
+    cache = TeacherCache(cache_dir, teacher_key(problem, config, spec, autocast), problem.latent_shape, target_shape)
 
     if not dist.same_digest(cache.key):
         raise mark_on_every_rank(ConfigError(
@@ -70,7 +89,11 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
 
     def generate(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         noise = sample_noise(indices, problem.latent_shape, config.seed)
-        lat = run_teacher(problem, spec, noise.to(problem.device), problem.conditions(indices), autocast)
+        if keep is None:
+            lat = run_teacher(problem, spec, noise.to(problem.device), problem.conditions(indices), autocast)
+        else:  # the cache stores [end, states, denoised] per sample
+            lat = run_teacher_trajectory(problem, spec, noise.to(problem.device), problem.conditions(indices), keep,
+                                         autocast)
         return noise, lat.cpu()
 
     if dist.is_main:
@@ -85,4 +108,7 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
                                        **phase("teacher (train)"))
     val_noise, val_lat = cache.get(val_idx, generate, batch=config.teacher_batch, progress=progress, dist=dist,
                                    **phase("teacher (held-out)"))
-    return TeacherData(spec, cache, train_noise, train_lat, val_idx, val_noise, val_lat)
+    if keep is None:
+        return TeacherData(spec, cache, train_noise, train_lat, val_idx, val_noise, val_lat)
+    return TeacherData(spec, cache, train_noise, train_lat[:, 0], val_idx, val_noise, val_lat[:, 0],
+                       train_states=train_lat[:, 1:], state_sigmas=kept_sigmas(problem, spec, keep))
