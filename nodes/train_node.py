@@ -149,8 +149,9 @@ class GASTrainSolver(io.ComfyNode):
                 io.Combo.Input("recipe", options=list(train_logic.RECIPE_NAMES), default=train_logic.DEFAULT_RECIPE,
                                optional=True,
                                tooltip="Training recipe the other settings start from: paper (the GAS paper's SD "
-                                       "recipe) or tuned (3x learning rate with cosine decay and a robust loss; in "
-                                       "gas mode a lighter, lazier discriminator); see the trainer README."),
+                                       "recipe) or tuned (3x learning rate with cosine decay, a robust loss and a "
+                                       "loss on the intermediate states; in gas mode a lighter, lazier "
+                                       "discriminator); see the trainer README."),
             ],
             outputs=[
                 io.Custom("COMBO").Output(display_name="solver",

@@ -270,20 +270,28 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
     assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
 
 
-def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_3x_rate_the_cauchy_loss_and_a_light_discriminator():
+def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_3x_rate_the_cauchy_loss_the_state_loss_and_a_light_disc():
     tuned, paper = DistillConfig.from_recipe("tuned"), DistillConfig.from_recipe("paper")
     assert (tuned.lr, tuned.lr_schedule, tuned.loss_reduce, tuned.cauchy_scale) == (3e-3, "cosine", "cauchy", 10.0)
+    assert (tuned.state_loss, tuned.state_anneal, tuned.state_points) == (1.0, "linear", 16)
     assert (tuned.disc_weight, tuned.r1_every, tuned.disc_every) == (0.1, 16, 4)
     changed = {k for k, v in tuned.to_dict().items() if paper.to_dict()[k] != v}
-    assert changed == {"lr", "lr_schedule", "loss_reduce", "cauchy_scale", "disc_weight", "r1_every", "disc_every"}
+    assert changed == {"lr", "lr_schedule", "loss_reduce", "cauchy_scale", "state_loss", "state_anneal",
+                       "disc_weight", "r1_every", "disc_every"}
     args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "tuned"])
-    assert cli.config_from_args(args).lr == 3e-3
-    assert bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss"](2000) == {
+    assert cli.config_from_args(args).lr == 3e-3 and cli.config_from_args(args).state_loss == 1.0
+    # the bench row that measured it: its GS settings are the recipe's
+    assert bench.SETTINGS["tuned+state 1 linear"](2000) == {
         k: v for k, v in RECIPES["tuned"].items() if k in changed and not k.startswith(("disc", "r1"))}
-    # the teacher-cost levers are `tuned` with one data setting changed
+    assert bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss"](2000) == {
+        k: v for k, v in RECIPES["tuned"].items() if k in changed and not k.startswith(("disc", "r1", "state"))}
+    # the teacher-cost levers are the previous `tuned` (no state loss) with one data setting changed
     lever = bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss+teacher 32+train 2800"](2000)
-    assert DistillConfig.from_recipe("tuned", teacher_steps=32, train_size=2800) == DistillConfig.from_recipe(
-        "paper", **lever)
+    previous = DistillConfig.from_recipe("tuned", teacher_steps=32, train_size=2800, state_loss=0.0,
+                                         state_anneal="none").to_dict()
+    gs_part = {k: v for k, v in previous.items() if not k.startswith(("disc", "r1"))}
+    assert gs_part == {k: v for k, v in DistillConfig.from_recipe("paper", **lever).to_dict().items()
+                       if not k.startswith(("disc", "r1"))}
 
 
 def test_log_loss_reduction_weighs_each_sample_by_its_relative_error(tmp_path, monkeypatch):

@@ -176,3 +176,52 @@ def test_cli_state_loss_options():
     assert (cfg.state_loss, cfg.state_points, cfg.state_anneal) == (0.5, 16, "linear")
     paper = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x", "--recipe", "paper"]))
     assert paper.state_loss == 0.0
+
+
+def test_target_is_the_exact_ode_solution_when_the_denoiser_is_linear_in_lambda():
+    """VE sigma space, D(lambda) linear between two kept points: the target equals an RK4 integration of the
+    data-prediction ODE dy/dlambda = -alpha^2 y + alpha D (y = rho x, alpha = rho = 1/sqrt(1+s^2))."""
+    from gas.schedules import VESigmaSpace
+
+    sched = VESigmaSpace()
+    gen = torch.Generator().manual_seed(0)
+    x0, d0, d1 = (torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    sig = torch.tensor([8.0, 2.0], dtype=torch.float64)
+    lam = -torch.log(sig)
+    kept = torch.stack([x0, torch.zeros_like(x0), d0, d1], 1)  # states (only the first is read), then denoised
+    s_target = torch.tensor(3.5, dtype=torch.float64)
+
+    def denoised(lm):
+        return d0 + (lm - lam[0]) / (lam[1] - lam[0]) * (d1 - d0)
+
+    def slope(lm, y):
+        a = 1.0 / torch.sqrt(1.0 + torch.exp(-2.0 * lm))
+        return -a * a * y + a * denoised(lm)
+
+    y = x0 / torch.sqrt(1.0 + sig[0] ** 2)
+    lm, end, n = lam[0].clone(), -torch.log(s_target), 2000
+    h = (end - lm) / n
+    for _ in range(n):
+        k1 = slope(lm, y)
+        k2 = slope(lm + h / 2, y + h / 2 * k1)
+        k3 = slope(lm + h / 2, y + h / 2 * k2)
+        k4 = slope(lm + h, y + h * k3)
+        y, lm = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), lm + h
+    x_true = y * torch.sqrt(1.0 + s_target ** 2)
+    dist = state_distances(sched, [(x_true, s_target)], kept, sig)
+    assert float(dist.max()) < 1e-6, dist
+    moved = state_distances(sched, [(x_true * 1.001, s_target)], kept, sig)
+    assert float(moved.min()) > 1e-5
+
+
+def test_ipndm_gits_teacher_keeps_its_trajectory_too(tmp_path):
+    p = tiny_problem()
+    amp = resolve_amp("off", p.device)
+    kw = {"teacher": "ipndm-gits", "nfe": 4, "teacher_steps": 5}
+    plain = load_teacher(p, tiny_config(tmp_path, **kw), amp, progress=False)
+    with_states = load_teacher(p, tiny_config(tmp_path, state_loss=1.0, **kw), amp, progress=False)
+    assert torch.equal(with_states.train_lat, plain.train_lat)
+    steps = with_states.spec.steps  # NFE + 1 = 5: every step is kept (fewer steps than state_points)
+    assert with_states.train_states.shape[1] == 2 * steps
+    start = p.schedule.initial_state(plain.train_noise, with_states.spec.sigmas[0]).float()
+    torch.testing.assert_close(with_states.train_states[:, 0], start)

@@ -31,7 +31,7 @@ RESUME_KEYS = ("nfe", "mode", "t_eps", "seed", "train_size", "batch", "lr", "gra
 #: Values of resume keys that states written before the key existed were trained with.
 RESUME_KEY_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform",
                                        "loss_reduce": "mean", "cauchy_scale": 3.0, "state_loss": 0.0,
-                                       "state_points": 8, "state_anneal": "none"}
+                                       "state_points": 16, "state_anneal": "none"}
 
 
 def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:

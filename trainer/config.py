@@ -55,17 +55,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
         "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "coef_lr_scale": 1.0, "starts": 1,
         "select": "last", "loss": "l1", "loss_reduce": "mean", "cauchy_scale": 3.0,
-        "state_loss": 0.0, "state_points": 8, "state_anneal": "none",
+        "state_loss": 0.0, "state_points": 16, "state_anneal": "none",
         "disc_lr": 1e-5, "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
     },
 }
-#: "tuned" (the default recipe): the paper recipe with a 3x higher peak learning rate decayed by a cosine and the
-#: Cauchy-robust batch loss at ten batch medians, the best of the recipe bench at the paper's length and cost
-#: (benchmarks/README.md: a lower held-out L1 than "paper" in all six teacher x NFE cells, by 11-91%); in GAS mode
-#: an adversarial weight of 0.1 with lazy R1/R2 (every 16th discriminator step) and a discriminator step every 4th
+#: "tuned" (the default recipe): the paper recipe with a 3x higher peak learning rate decayed by a cosine, the
+#: Cauchy-robust batch loss at ten batch medians and the loss on intermediate states (weight 1, decayed linearly to 0;
+#: trainer/trajectory.py), the best of the recipe bench at the paper's length and teacher cost (benchmarks/README.md:
+#: at least 15% below "paper" in every teacher x NFE cell, worst seed below the paper's best); in GAS mode an
+#: adversarial weight of 0.1 with lazy R1/R2 (every 16th discriminator step) and a discriminator step every 4th
 #: iteration (GAS mode at under 2x GS's cost on the bench). Measured on analytic teachers only.
 RECIPES["tuned"] = {**RECIPES["paper"], "lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
-                    "cauchy_scale": 10.0, "disc_weight": 0.1, "r1_every": 16, "disc_every": 4}
+                    "cauchy_scale": 10.0, "state_loss": 1.0, "state_anneal": "linear",
+                    "disc_weight": 0.1, "r1_every": 16, "disc_every": 4}
 
 #: The recipe the command line (``--recipe``) and the GAS Train Solver node start from. ``DistillConfig()`` itself
 #: holds the paper recipe's values (``DistillConfig.from_recipe(DEFAULT_RECIPE)`` is the default run).
@@ -114,7 +116,7 @@ class DistillConfig:
     #: mean L1 in DPM state space over states 1 .. N-1), added to the distillation loss; 0 = the end state only (the
     #: paper). On: the teacher cache also keeps `state_points` states and denoised outputs per sample
     state_loss: float = 0.0
-    state_points: int = 8  #: teacher steps whose state and denoised output are kept for `state_loss` (evenly spread)
+    state_points: int = 16  #: teacher steps whose state and denoised output are kept for `state_loss` (evenly spread)
     state_anneal: str = "none"  #: `state_loss` weight over training: "none" (constant) or "linear" decay to 0
     # ----- adversarial (mode "gas") ------------------------------------------------------------------------------
     disc_lr: float = 1e-5  #: Adam learning rate of the discriminator

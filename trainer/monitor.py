@@ -54,7 +54,7 @@ class RunMonitor:
     Created before the teacher is generated, so a missing tensorboard package is reported before any work.
     """
 
-    FIELDS = ("step", "seconds", "loss", "distill", "adv", "d_loss", "r1", "r2", "grad_norm", "val_l1")
+    FIELDS = ("step", "seconds", "loss", "distill", "adv", "d_loss", "r1", "r2", "grad_norm", "val_l1", "state")
 
     def __init__(self, run_dir: Path | None, config: DistillConfig | None, *, progress: bool = False) -> None:
         self.config = config
