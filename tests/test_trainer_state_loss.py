@@ -13,7 +13,14 @@ from trainer.config import DistillConfig
 from trainer.distill import distill
 from trainer.errors import ConfigError, ResumeError, TrainingInterruptedError
 from trainer.runtime import resolve_amp
-from trainer.teacher import kept_sigmas, make_teacher_spec, run_teacher, run_teacher_trajectory, sample_noise
+from trainer.teacher import (
+    SHARD_SIZE,
+    kept_sigmas,
+    make_teacher_spec,
+    run_teacher,
+    run_teacher_trajectory,
+    sample_noise,
+)
 from trainer.teacher_data import load_teacher
 from trainer.trajectory import kept_steps, state_distances, state_weight
 
@@ -96,6 +103,9 @@ def test_trajectory_cache_is_its_own_and_keeps_the_end_states(tmp_path):
     assert plain.train_states is None and plain.state_sigmas is None
     assert with_states.cache.dir != plain.cache.dir
     assert torch.equal(with_states.train_lat, plain.train_lat) and torch.equal(with_states.val_lat, plain.val_lat)
+    # the held-out samples need no trajectory: they are read from the plain cache, not generated again with one
+    assert not with_states.cache.read_shard(with_states.val_idx[0] // SHARD_SIZE)
+    assert plain.cache.read_shard(with_states.val_idx[0] // SHARD_SIZE)
     assert with_states.train_states.shape == (32, 8, *p.latent_shape)
     assert with_states.state_sigmas.shape == (4,)
     again = load_teacher(p, tiny_config(tmp_path, state_loss=0.5, state_points=4), amp, progress=False)

@@ -23,7 +23,7 @@ import torch
 
 from gas import NoiseSchedule, sample_gas
 
-__all__ = ["BASELINES", "dpmpp_2m", "dpmpp_3m", "ipndm"]
+__all__ = ["BASELINES", "dpm_grid", "dpmpp_2m", "dpmpp_3m", "ipndm"]
 
 Denoiser = Callable[..., torch.Tensor]
 
@@ -33,6 +33,13 @@ _AB = {
     3: (23 / 12, -16 / 12, 5 / 12),
     4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
 }
+
+
+def dpm_grid(schedule: NoiseSchedule, sigmas: torch.Tensor) -> torch.Tensor:
+    """``sigmas`` as a float64 CPU grid whose first sigma is the one a DPM step may start from
+    (``schedule.first_sigma``: itself, unless lambda is infinite there)."""
+    s = sigmas.detach().to(torch.float64).cpu()
+    return torch.cat([schedule.first_sigma(s[:1]).reshape(1), s[1:]])
 
 
 def _call(model: Denoiser, x: torch.Tensor, s: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
@@ -49,8 +56,7 @@ def dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: dict[
              schedule: NoiseSchedule) -> torch.Tensor:
     """DPM-Solver++(2M) (k-diffusion's deterministic form, see the module docstring)."""
     cond = cond or {}
-    s = sigmas.detach().to(torch.float64).cpu()
-    s = torch.cat([schedule.first_sigma(s[:1]).reshape(1), s[1:]])
+    s = dpm_grid(schedule, sigmas)
     lam, rho, sig, alpha = schedule.lam(s), schedule.rho(s), schedule.sigma_dpm(s), schedule.alpha(s)
     y = x.to(torch.float32) * float(rho[0])
     prev = None
@@ -75,9 +81,7 @@ def ipndm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, cond: dict[str
     if order not in _AB:
         raise ValueError(f"iPNDM order must be 1..4, got {order}")
     cond = cond or {}
-    s = sigmas.detach().to(torch.float64).cpu()
-    if schedule is not None:
-        s = torch.cat([schedule.first_sigma(s[:1]).reshape(1), s[1:]])
+    s = dpm_grid(schedule, sigmas) if schedule is not None else sigmas.detach().to(torch.float64).cpu()
     xf = x.to(torch.float32)
     history: list[torch.Tensor] = []
     for k in range(s.numel() - 1):

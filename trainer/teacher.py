@@ -38,7 +38,7 @@ import torch
 from gas import sample_gas
 from gas.atomic_file import write_atomically
 
-from .baselines import ipndm
+from .baselines import dpm_grid, ipndm
 from .config import DistillConfig
 from .distributed import Dist, json_digest, mark_on_every_rank
 from .errors import TeacherCacheError, TrainingInterruptedError
@@ -179,9 +179,7 @@ def run_teacher_trajectory(problem: DistillProblem, spec: TeacherSpec, noise: to
 def kept_sigmas(problem: DistillProblem, spec: TeacherSpec, keep: Sequence[int]) -> torch.Tensor:
     """``[P]`` float64: the sigmas of the teacher states kept at steps ``keep`` (the first one as the teacher's first
     step treats it, ``schedule.first_sigma``)."""
-    s = torch.tensor(spec.sigmas, dtype=torch.float64)
-    s = torch.cat([problem.schedule.first_sigma(s[:1]).reshape(1), s[1:]])
-    return s[list(keep)]
+    return dpm_grid(problem.schedule, torch.tensor(spec.sigmas, dtype=torch.float64))[list(keep)]
 
 
 def _checksum(indices: torch.Tensor, noise: torch.Tensor, latents: torch.Tensor) -> str:

@@ -3,13 +3,15 @@
 :func:`load_teacher` resolves the teacher (:func:`trainer.teacher.make_teacher_spec`), keys the cache with
 everything the samples depend on (model identity, latent shape and dtype, autocast, schedule, seed, teacher
 settings; not the solver's NFE or mode, so every NFE and mode with the same teacher shares one cache) and returns
-the samples, generating only what is missing.
+the samples, generating only what is missing. With the state loss on, the training samples come from a cache of
+their own that also holds the kept trajectory (its key adds the kept steps); the held-out samples, which need only
+their end states, always come from the plain cache.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,15 +38,16 @@ __all__ = ["TeacherData", "load_teacher", "teacher_key"]
 log = logging.getLogger("trainer")
 
 
-def teacher_key(problem: DistillProblem, config: DistillConfig, spec: TeacherSpec, autocast: Autocast
-                ) -> dict[str, Any]:
-    """What the teacher's samples depend on (hashed into the cache folder's name); with the state loss on, also the
-    kept trajectory steps (such a cache holds them beside the end states, so it is a cache of its own)."""
+def teacher_key(problem: DistillProblem, config: DistillConfig, spec: TeacherSpec, autocast: Autocast,
+                keep: Sequence[int] | None = None) -> dict[str, Any]:
+    """What the teacher's samples depend on (hashed into the cache folder's name); with kept trajectory steps
+    ``keep`` (the state loss), also those (such a cache holds them beside the end states, so it is a cache of its
+    own)."""
     key = {"cache_format": 1, "identity": problem.identity, "latent_shape": list(problem.latent_shape),
            "dtype": str(problem.dtype).replace("torch.", ""), "amp": autocast.name,
            "schedule": problem.schedule.to_metadata(), "seed": config.seed, "teacher": spec.to_json()}
-    if config.state_loss > 0:
-        key["kept_steps"] = kept_steps(spec.steps, config.state_points)
+    if keep is not None:
+        key["kept_steps"] = list(keep)
     return key
 
 
@@ -79,8 +82,10 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
     _, cache_dir, _ = config.paths()
     spec = dist.main_decides(lambda: make_teacher_spec(problem, config))
     keep = kept_steps(spec.steps, config.state_points) if config.state_loss > 0 else None
-    target_shape = None if keep is None else (1 + 2 * len(keep), *problem.latent_shape)
-    cache = TeacherCache(cache_dir, teacher_key(problem, config, spec, autocast), problem.latent_shape, target_shape)
+    plain = TeacherCache(cache_dir, teacher_key(problem, config, spec, autocast), problem.latent_shape)
+    cache = plain if keep is None else TeacherCache(
+        cache_dir, teacher_key(problem, config, spec, autocast, keep), problem.latent_shape,
+        (1 + 2 * len(keep), *problem.latent_shape))
 
     if not dist.same_digest(cache.key):
         raise mark_on_every_rank(ConfigError(
@@ -89,11 +94,14 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
 
     def generate(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         noise = sample_noise(indices, problem.latent_shape, config.seed)
-        if keep is None:
-            lat = run_teacher(problem, spec, noise.to(problem.device), problem.conditions(indices), autocast)
-        else:  # the cache stores [end, states, denoised] per sample
-            lat = run_teacher_trajectory(problem, spec, noise.to(problem.device), problem.conditions(indices), keep,
-                                         autocast)
+        lat = run_teacher(problem, spec, noise.to(problem.device), problem.conditions(indices), autocast)
+        return noise, lat.cpu()
+
+    def generate_trajectory(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        assert keep is not None  # the cache stores [end, states, denoised] per sample
+        noise = sample_noise(indices, problem.latent_shape, config.seed)
+        lat = run_teacher_trajectory(problem, spec, noise.to(problem.device), problem.conditions(indices), keep,
+                                     autocast)
         return noise, lat.cpu()
 
     if dist.is_main:
@@ -104,11 +112,13 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
         report = (lambda done, total: on_progress(desc, done, total)) if on_progress is not None else None
         return {"desc": desc, "report": report, "should_stop": should_stop}
 
-    train_noise, train_lat = cache.get(train_idx, generate, batch=config.teacher_batch, progress=progress, dist=dist,
+    train_noise, train_lat = cache.get(train_idx, generate if keep is None else generate_trajectory,
+                                       batch=config.teacher_batch, progress=progress, dist=dist,
                                        **phase("teacher (train)"))
-    val_noise, val_lat = cache.get(val_idx, generate, batch=config.teacher_batch, progress=progress, dist=dist,
+    # the held-out samples need no trajectory: they come from the plain cache, shared with runs without the state loss
+    val_noise, val_lat = plain.get(val_idx, generate, batch=config.teacher_batch, progress=progress, dist=dist,
                                    **phase("teacher (held-out)"))
     if keep is None:
         return TeacherData(spec, cache, train_noise, train_lat, val_idx, val_noise, val_lat)
-    return TeacherData(spec, cache, train_noise, train_lat[:, 0], val_idx, val_noise, val_lat[:, 0],
+    return TeacherData(spec, cache, train_noise, train_lat[:, 0], val_idx, val_noise, val_lat,
                        train_states=train_lat[:, 1:], state_sigmas=kept_sigmas(problem, spec, keep))

@@ -48,29 +48,35 @@ def state_distances(schedule: NoiseSchedule, student: Sequence[tuple[torch.Tenso
 
     ``student``: ``(x_k, s_k)`` for k = 1 .. N-1 (``s_k`` a 0-dim tensor, differentiable); ``teacher_states``:
     ``[B, 2P, *latent]``, the P kept states then their P denoised outputs; ``teacher_sigmas``: ``[P]`` float64, the
-    kept states' sigmas, decreasing. Returns ``[B]`` float32 (zeros for a one-step solver).
+    kept states' sigmas, decreasing. Returns ``[B]`` float32 (zeros for a one-step solver). All K states are done at
+    once (no host synchronisation: the kept point of each state is found on the device).
     """
     points = teacher_sigmas.numel()
     if not student:
         return teacher_states.new_zeros(teacher_states.shape[0], dtype=torch.float32)
-    lam_kept = schedule.lam(teacher_sigmas.to(torch.float64))
-    terms = []
-    for x, s in student:
-        s_val = float(s.detach())
-        at_or_above = (teacher_sigmas >= s_val * (1.0 - 1e-9)).nonzero()
-        j = int(at_or_above.max()) if at_or_above.numel() else 0
-        x32 = x.float()
-        s32 = s.to(device=x32.device, dtype=torch.float32)
-        s_j = teacher_sigmas[j].to(device=x32.device, dtype=torch.float32)
-        y_j = schedule.rho(s_j) * teacher_states[:, j].to(x32)
-        d_j = teacher_states[:, points + j].to(x32)
-        r = schedule.sigma_dpm(s32) / schedule.sigma_dpm(s_j)
-        h = schedule.lam(s32) - schedule.lam(s_j)
-        target = r * y_j + schedule.alpha(s32) * (-torch.expm1(-h)) * d_j
-        if points > 1:  # the slope of D in lambda: this segment's, or after the last kept point the one before it
-            a, b = (j, j + 1) if j + 1 < points else (j - 1, j)
-            slope = (teacher_states[:, points + b] - teacher_states[:, points + a]).to(x32) / float(
-                lam_kept[b] - lam_kept[a])
-            target = target + schedule.alpha(s32) * (h + torch.expm1(-h)) * slope  # h - 1 + e^-h
-        terms.append((schedule.rho(s32) * x32 - target).abs().flatten(1).mean(1))
-    return torch.stack(terms, 1).mean(1)
+    x = torch.stack([xk.float() for xk, _ in student], 1)  # [B, K, *latent]
+    dev = x.device
+    kept = teacher_sigmas.to(device=dev, dtype=torch.float64)
+    s_in = torch.stack([sk.reshape(()).to(dev) for _, sk in student])  # [K], the student's own dtype
+    s = s_in.float()
+    # j_k: the last kept point at or above s_k (the kept sigmas decrease), 0 above the first
+    j = ((kept[None, :] >= s_in.detach().double()[:, None] * (1.0 - 1e-9)).sum(1) - 1).clamp(min=0)
+    shape = (1, -1) + (1,) * (x.dim() - 2)  # a [K] vector against [B, K, *latent]
+
+    def per_state(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(shape)
+
+    s_j = kept[j].float()
+    y_j = per_state(schedule.rho(s_j)) * teacher_states[:, j].to(x)
+    d_j = teacher_states[:, points + j].to(x)
+    r = schedule.sigma_dpm(s) / schedule.sigma_dpm(s_j)
+    h = schedule.lam(s) - schedule.lam(s_j)
+    alpha = schedule.alpha(s)
+    target = per_state(r) * y_j + per_state(alpha * -torch.expm1(-h)) * d_j
+    if points > 1:  # the slope of D in lambda: this segment's, or after the last kept point the one before it
+        a = torch.where(j + 1 < points, j, j - 1)
+        lam_kept = schedule.lam(kept)
+        gap = (lam_kept[a + 1] - lam_kept[a]).float()
+        slope = (teacher_states[:, points + a + 1] - teacher_states[:, points + a]).to(x) / per_state(gap)
+        target = target + per_state(alpha * (h + torch.expm1(-h))) * slope  # h - 1 + e^-h
+    return (per_state(schedule.rho(s)) * x - target).abs().flatten(2).mean(2).mean(1)
