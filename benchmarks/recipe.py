@@ -184,6 +184,17 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     "tuned+state 0.3 linear": lambda iters: {**_TUNED, "state_loss": 0.3, "state_anneal": "linear"},
     "tuned+state 3 linear+points 32": lambda iters: {**_TUNED, "state_loss": 3.0, "state_anneal": "linear",
                                                      "state_points": 32},
+    # on top of today's tuned: the EMA decay; twice the training samples at half the teacher steps (same teacher cost)
+    "tuned+ema 0.99": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear", "ema": 0.99},
+    "tuned+teacher 32+train 2800": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear",
+                                                  "teacher_steps": 32, "train_size": 2800},
+    # on top of today's tuned, for demo NFE 6 (whose mean the few samples sent to another mode decide): a Cauchy
+    # scale of 30 medians or the plain mean (less robust to those samples), log-SNR-uniform start, 32 kept points
+    "tuned+cauchy 30": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear", "cauchy_scale": 30.0},
+    "tuned+mean loss": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear", "loss_reduce": "mean"},
+    "tuned+logsnr start": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear",
+                                         "time_init": "logsnr"},
+    "tuned+points 32": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear", "state_points": 32},
     # the same in 80% of the iterations (the state loss's bookkeeping paid for in iterations)
     "tuned+state 1 linear+iters x0.8": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear",
                                                       "iters": round(0.8 * iters)},

@@ -62,7 +62,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 #: "tuned" (the default recipe): the paper recipe with a 3x higher peak learning rate decayed by a cosine, the
 #: Cauchy-robust batch loss at ten batch medians and the loss on intermediate states (weight 1, decayed linearly to 0;
 #: trainer/trajectory.py), the best of the recipe bench at the paper's length and teacher cost (benchmarks/README.md:
-#: at least 15% below "paper" in every teacher x NFE cell, worst seed below the paper's best); in GAS mode an
+#: at least 15% below "paper", worst seed below the paper's best, in every teacher x NFE cell on one CPU and in five
+#: of six on another); in GAS mode an
 #: adversarial weight of 0.1 with lazy R1/R2 (every 16th discriminator step) and a discriminator step every 4th
 #: iteration (GAS mode at under 2x GS's cost on the bench). Measured on analytic teachers only.
 RECIPES["tuned"] = {**RECIPES["paper"], "lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
