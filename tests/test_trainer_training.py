@@ -130,6 +130,30 @@ def test_existing_output_is_never_overwritten_silently(tmp_path):
     assert gas.load_solver(again.solver_path).metadata["iterations"] == 4
 
 
+def test_a_solver_file_written_by_another_run_meanwhile_is_kept_and_the_run_can_still_write(tmp_path):
+    """Another run writes the same solver file while this one trains: one sentence, that file untouched, the training
+    state kept, and ``resume`` with ``overwrite`` writes this run's solver without training again."""
+    from trainer.errors import OutputError
+
+    p = tiny_problem()
+    other = distill(p, tiny_config(tmp_path / "other", iters=2), progress=False).solver_path.read_bytes()
+    target = tmp_path / "out" / "demo-nfe4-gs.safetensors"
+
+    def other_run_writes(step, stats):
+        if step == 3:
+            target.write_bytes(other)
+
+    with pytest.raises(OutputError, match="appeared while this run trained") as info:
+        distill(p, tiny_config(tmp_path, iters=3), progress=False, callback=other_run_writes)
+    assert "\n" not in str(info.value) and target.read_bytes() == other
+    assert (tmp_path / "runs" / "demo-nfe4-gs" / "state.pt").exists()
+    steps = []
+    done = distill(p, tiny_config(tmp_path, iters=3, resume=True, overwrite=True), progress=False,
+                   callback=lambda step, stats: steps.append(step))
+    assert done.solver_path == target and target.read_bytes() != other and steps == []
+    assert gas.load_solver(target).metadata["iterations"] == 3
+
+
 def test_lpips_loss_trains_with_injected_lpips(tmp_path):
     lpips = pytest.importorskip("lpips")
     torch.manual_seed(0)
