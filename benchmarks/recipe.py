@@ -205,6 +205,8 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     # the ceiling: the same solver family trained 10x longer on twice the batch (20x the samples)
     "ceiling 10x iters+batch 8+lr 3e-3+cosine": lambda iters: {
         "iters": 10 * iters, "batch": 8, "lr": 3e-3, "lr_schedule": "cosine"},
+    "ceiling 10x iters+batch 8+tuned": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear",
+                                                       "iters": 10 * iters, "batch": 8},
     "ceiling 10x iters+batch 8+lr 2e-3+cosine+best": lambda iters: {
         "iters": 10 * iters, "batch": 8, "lr": 2e-3, "lr_schedule": "cosine", "select": "best",
         "eval_every": max(1, iters // 2)},
