@@ -116,6 +116,31 @@ def test_killed_run_resumes_without_retraining_finished_nfes(tmp_path, caplog):
         assert torch.equal(a, b)  # the resumed NFE is the uninterrupted one
 
 
+def test_a_file_written_by_another_run_meanwhile_is_kept_and_resume_writes_this_one(tmp_path):
+    """Another run writes the combined file while this one trains: one sentence, that file untouched, the NFEs' own
+    solvers kept, and ``resume`` with ``overwrite`` writes this run's file without training again."""
+    from trainer.errors import OutputError
+
+    problem = make_demo_problem()
+    target = tmp_path / "o" / "demo-nfe2-3-gs.safetensors"
+    seen = []
+
+    def other_run_writes(step, stats):
+        seen.append(step)
+        if len(seen) == 1:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"another run's file")
+
+    with pytest.raises(OutputError, match="appeared while this run trained") as info:
+        distill_nfes(problem, tiny_config(tmp_path), [2, 3], progress=False, callback=other_run_writes)
+    assert "\n" not in str(info.value) and target.read_bytes() == b"another run's file"
+    trained = len(seen)
+    done = distill_nfes(problem, tiny_config(tmp_path, resume=True, overwrite=True), [2, 3], progress=False,
+                        callback=other_run_writes)
+    assert len(seen) == trained and done.solver_path == target  # nothing trained again
+    assert gas.load_solver_set(target).nfes == (2, 3)
+
+
 def test_ipndm_gits_teacher_is_shared_only_with_fixed_steps(tmp_path, caplog):
     """The ipndm-gits teacher runs NFE + 1 steps by default: each NFE gets its own (said in a warning); with a fixed
     teacher_steps the NFEs share one."""

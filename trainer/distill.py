@@ -32,11 +32,18 @@ from gas import GeneralizedSolver, NoiseSchedule, save_solver
 from .batches import batch_indices, training_batch
 from .config import DistillConfig
 from .distributed import Dist, init_distributed, json_digest, mark_on_every_rank
-from .errors import ConfigError, OutputError, TrainingDivergedError, TrainingInterruptedError
+from .errors import ConfigError, TrainingDivergedError, TrainingInterruptedError
 from .evaluate import evaluate_solver, heldout_l1
 from .losses import resolve_lpips
 from .monitor import InterruptGuard, RunMonitor
-from .outputs import OutputPaths, check_outputs, output_paths, solver_metadata, write_report
+from .outputs import (
+    OutputPaths,
+    check_not_written_meanwhile,
+    check_outputs,
+    output_paths,
+    solver_metadata,
+    write_report,
+)
 from .problem import DistillProblem
 from .report import scores_table
 from .run_state import RunState, save_checkpoint, start_or_resume
@@ -252,10 +259,7 @@ def _finish(ctx: StepContext, run: RunState, data: TeacherData, paths: OutputPat
     samples = {"teacher": data.val_lat[:k], **{name: lat[:k] for name, lat in outputs.items()}}
 
     def write_outputs() -> tuple[Path | None, Path | None]:
-        if paths.solver.exists() and not config.overwrite:  # written by another run while this one trained
-            raise OutputError(f"{paths.solver} appeared while this run trained (another run with the same name?) and "
-                              f"was not replaced; this run's training state is kept in {paths.state}: run again with "
-                              "`resume` and `overwrite` to write this run's solver over it")
+        check_not_written_meanwhile(paths.solver, config, paths.state)
         save_solver(solver, paths.solver, overwrite=config.overwrite)
         report_path = grid_path = None
         if config.report:

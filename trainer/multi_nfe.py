@@ -40,6 +40,7 @@ from .errors import ResumeError
 from .evaluate import evaluate_solver
 from .outputs import (
     METRICS_NOTE,
+    check_not_written_meanwhile,
     check_writable,
     decoded_images,
     existing_solver_error,
@@ -161,6 +162,7 @@ def distill_nfes(problem: DistillProblem, config: DistillConfig, nfes: Sequence[
         first_with.setdefault(key, n)
 
     def write() -> tuple[Path | None, Path | None]:
+        check_not_written_meanwhile(paths.solver, config, paths.run_dir)  # the NFEs' own files stay there
         gas.combine_solver_files(parts, paths.solver, overwrite=config.overwrite)
         report = grid = None
         if config.report:

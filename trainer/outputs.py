@@ -71,6 +71,15 @@ def existing_solver_error(path: Path) -> OutputError:
     return OutputError(f"{path} already exists: pass `overwrite` to replace it, or `name` to pick another name")
 
 
+def check_not_written_meanwhile(path: Path, config: DistillConfig, kept: Path) -> None:
+    """Just before writing the solver file ``path``: refuse (one sentence) if another run wrote it while this one
+    trained and ``overwrite`` is off; this run's work stays in ``kept`` for ``resume``."""
+    if path.exists() and not config.overwrite:
+        raise OutputError(f"{path} appeared while this run trained (another run with the same name?) and was not "
+                          f"replaced; this run's work is kept in {kept}: run again with `resume` and `overwrite` to "
+                          "write this run's solver over it")
+
+
 def check_outputs(paths: OutputPaths, config: DistillConfig) -> None:
     """Before any work: the folders are writable, nothing is replaced silently, ``resume`` has a state to resume."""
     if paths.solver.exists() and not config.overwrite:
