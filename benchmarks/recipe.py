@@ -119,6 +119,8 @@ TEACHERS: dict[str, Callable[[], DistillProblem]] = {
 #: The `lr 3e-3+cosine+cauchy 10 loss` setting (the `tuned` recipe's GS changes to the paper recipe before the loss
 #: on intermediate states joined it), which the data and state-loss levers below are built on.
 _TUNED: dict[str, Any] = {"lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy", "cauchy_scale": 10.0}
+#: Today's `tuned` on the bench: the above plus the loss on intermediate states (weight 1, decayed linearly).
+_TUNED_STATE: dict[str, Any] = {**_TUNED, "state_loss": 1.0, "state_anneal": "linear"}
 
 #: Bench settings: name -> (DistillConfig overrides of the paper recipe as a function of the iteration count).
 SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -179,25 +181,22 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
                                                                            "train_size": 2800},
     # the loss on intermediate states (trainer/trajectory.py) on top of `tuned`: weight, decay, kept teacher points
     "tuned+state 1": lambda iters: {**_TUNED, "state_loss": 1.0},
-    "tuned+state 1 linear": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear"},
+    "tuned+state 1 linear": lambda iters: {**_TUNED_STATE},
     "tuned+state 3 linear": lambda iters: {**_TUNED, "state_loss": 3.0, "state_anneal": "linear"},
     "tuned+state 0.3 linear": lambda iters: {**_TUNED, "state_loss": 0.3, "state_anneal": "linear"},
     "tuned+state 3 linear+points 32": lambda iters: {**_TUNED, "state_loss": 3.0, "state_anneal": "linear",
                                                      "state_points": 32},
     # on top of today's tuned: the EMA decay; twice the training samples at half the teacher steps (same teacher cost)
-    "tuned+ema 0.99": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear", "ema": 0.99},
-    "tuned+teacher 32+train 2800": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear",
-                                                  "teacher_steps": 32, "train_size": 2800},
+    "tuned+ema 0.99": lambda iters: {**_TUNED_STATE, "ema": 0.99},
+    "tuned+teacher 32+train 2800": lambda iters: {**_TUNED_STATE, "teacher_steps": 32, "train_size": 2800},
     # on top of today's tuned, for demo NFE 6 (whose mean the few samples sent to another mode decide): a Cauchy
     # scale of 30 medians or the plain mean (less robust to those samples), log-SNR-uniform start, 32 kept points
-    "tuned+cauchy 30": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear", "cauchy_scale": 30.0},
-    "tuned+mean loss": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear", "loss_reduce": "mean"},
-    "tuned+logsnr start": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear",
-                                         "time_init": "logsnr"},
-    "tuned+points 32": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear", "state_points": 32},
+    "tuned+cauchy 30": lambda iters: {**_TUNED_STATE, "cauchy_scale": 30.0},
+    "tuned+mean loss": lambda iters: {**_TUNED_STATE, "loss_reduce": "mean"},
+    "tuned+logsnr start": lambda iters: {**_TUNED_STATE, "time_init": "logsnr"},
+    "tuned+points 32": lambda iters: {**_TUNED_STATE, "state_points": 32},
     # the same in 80% of the iterations (the state loss's bookkeeping paid for in iterations)
-    "tuned+state 1 linear+iters x0.8": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear",
-                                                      "iters": round(0.8 * iters)},
+    "tuned+state 1 linear+iters x0.8": lambda iters: {**_TUNED_STATE, "iters": round(0.8 * iters)},
     # twice the samples per iteration: the same wall time on this bench (its per-iteration cost is overhead), twice
     # the model evaluations on a real model
     "lr 3e-3+cosine+cauchy loss+batch 8": lambda iters: {"lr": 3e-3, "lr_schedule": "cosine",
@@ -205,8 +204,7 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     # the ceiling: the same solver family trained 10x longer on twice the batch (20x the samples)
     "ceiling 10x iters+batch 8+lr 3e-3+cosine": lambda iters: {
         "iters": 10 * iters, "batch": 8, "lr": 3e-3, "lr_schedule": "cosine"},
-    "ceiling 10x iters+batch 8+tuned": lambda iters: {**_TUNED, "state_loss": 1.0, "state_anneal": "linear",
-                                                       "iters": 10 * iters, "batch": 8},
+    "ceiling 10x iters+batch 8+tuned": lambda iters: {**_TUNED_STATE, "iters": 10 * iters, "batch": 8},
     "ceiling 10x iters+batch 8+lr 2e-3+cosine+best": lambda iters: {
         "iters": 10 * iters, "batch": 8, "lr": 2e-3, "lr_schedule": "cosine", "select": "best",
         "eval_every": max(1, iters // 2)},

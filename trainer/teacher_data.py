@@ -92,16 +92,13 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
             "the processes describe different models or teacher settings (their teacher cache keys differ): every "
             "process must build the same problem"))
 
-    def generate(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = sample_noise(indices, problem.latent_shape, config.seed)
-        lat = run_teacher(problem, spec, noise.to(problem.device), problem.conditions(indices), autocast)
-        return noise, lat.cpu()
-
-    def generate_trajectory(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        assert keep is not None  # the cache stores [end, states, denoised] per sample
-        noise = sample_noise(indices, problem.latent_shape, config.seed)
-        lat = run_teacher_trajectory(problem, spec, noise.to(problem.device), problem.conditions(indices), keep,
-                                     autocast)
+    def generate(indices: list[int], steps: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's end states, or with kept ``steps`` ``[end, states, denoised]`` per sample."""
+        noise, cond = sample_noise(indices, problem.latent_shape, config.seed), problem.conditions(indices)
+        if steps is None:
+            lat = run_teacher(problem, spec, noise.to(problem.device), cond, autocast)
+        else:
+            lat = run_teacher_trajectory(problem, spec, noise.to(problem.device), cond, steps, autocast)
         return noise, lat.cpu()
 
     if dist.is_main:
@@ -112,7 +109,7 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
         report = (lambda done, total: on_progress(desc, done, total)) if on_progress is not None else None
         return {"desc": desc, "report": report, "should_stop": should_stop}
 
-    train_noise, train_lat = cache.get(train_idx, generate if keep is None else generate_trajectory,
+    train_noise, train_lat = cache.get(train_idx, lambda indices: generate(indices, keep),
                                        batch=config.teacher_batch, progress=progress, dist=dist,
                                        **phase("teacher (train)"))
     # the held-out samples need no trajectory: they come from the plain cache, shared with runs without the state loss
