@@ -124,6 +124,23 @@ def test_the_cauchy_loss_uses_the_whole_batch_median_on_every_rank(tmp_path):
     assert _max_diff(runs[1], runs[2]) < K_TOLERANCE
 
 
+def test_the_state_loss_read_from_the_shards_on_two_ranks_trains_the_solver_of_one_process(tmp_path):
+    """With the state loss on, two ranks that read the kept trajectory from the cache's shards (as above the
+    memory budget) train the solver one process trains with the trajectory in memory."""
+    runs = {}
+    for nproc, extra in ((1, ()), (2, ("--trajectory-from-shards",))):
+        workdir = tmp_path / f"k{nproc}"
+        workdir.mkdir()
+        done = _distill(nproc, workdir, "gs", 8, "--state-loss", "1", *extra)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[nproc] = _solver(workdir, "gs")
+    assert _max_diff(runs[1], runs[2]) < K_TOLERANCE
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert _distill(1, plain, "gs", 8).returncode == 0
+    assert _max_diff(runs[1], _solver(plain, "gs")) > 10 * K_TOLERANCE  # the state loss was on
+
+
 def test_sharded_teacher_cache_holds_every_sample_once_and_matches_one_process(one_and_two):
     one, two = _cache_samples(one_and_two[1, "gs"]), _cache_samples(one_and_two[2, "gs"])
     val = 1 << 20

@@ -4,6 +4,8 @@ the loss on (GS, GAS, resume)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -111,6 +113,38 @@ def test_trajectory_cache_is_its_own_and_keeps_the_end_states(tmp_path):
     again = load_teacher(p, tiny_config(tmp_path, state_loss=0.5, state_points=4), amp, progress=False)
     assert again.cache.dir == with_states.cache.dir  # the weight does not change the samples
     assert torch.equal(again.train_states, with_states.train_states)
+
+
+def test_a_trajectory_cache_over_the_memory_budget_is_read_from_its_shards(tmp_path, monkeypatch):
+    """Above ``TRAJECTORY_MEMORY_BYTES`` the kept trajectory stays in the cache's shards (read a batch at a time):
+    the same end states, the same batches and a bit-identical trained solver as with the trajectory in memory."""
+    import trainer.teacher_data as teacher_data
+    from trainer.batches import training_batch
+    from trainer.shard_rows import ShardRows
+
+    p = tiny_problem()
+    amp = resolve_amp("off", p.device)
+    cfg = tiny_config(tmp_path, train_size=100, state_loss=1.0, state_points=4, iters=12, lr=3e-3)  # two shards
+    held = load_teacher(p, cfg, amp, progress=False)
+    assert torch.is_tensor(held.train_states)
+    monkeypatch.setattr(teacher_data, "TRAJECTORY_MEMORY_BYTES", 0)
+    read = load_teacher(p, cfg, amp, progress=False)
+    assert isinstance(read.train_states, ShardRows) and read.train_states.shape == held.train_states.shape
+    assert torch.equal(read.train_lat, held.train_lat) and torch.equal(read.train_noise, held.train_noise)
+    assert torch.equal(read.train_states[[99, 0, 64, 63]], held.train_states[[99, 0, 64, 63]])
+    for step in (1, 7, 30):
+        a = training_batch(p, cfg, step, read.train_noise, read.train_lat, train_states=read.train_states)
+        b = training_batch(p, cfg, step, held.train_noise, held.train_lat, train_states=held.train_states)
+        assert torch.equal(a.states, b.states) and torch.equal(a.real, b.real)
+    on_disk = distill(p, replace(cfg, out_dir=str(tmp_path / "a"), run_dir=str(tmp_path / "ra")), progress=False)
+    monkeypatch.setattr(teacher_data, "TRAJECTORY_MEMORY_BYTES", 1 << 40)
+    in_memory = distill(p, replace(cfg, out_dir=str(tmp_path / "b"), run_dir=str(tmp_path / "rb")), progress=False)
+    for x, y in zip(on_disk.solver.parameters(), in_memory.solver.parameters(), strict=True):
+        assert torch.equal(x, y)
+    # a fresh cache generated straight into the shards (nothing held in memory) holds the same samples
+    monkeypatch.setattr(teacher_data, "TRAJECTORY_MEMORY_BYTES", 0)
+    fresh = load_teacher(p, replace(cfg, cache_dir=str(tmp_path / "fresh")), amp, progress=False)
+    assert torch.equal(fresh.train_states[list(range(100))], held.train_states)
 
 
 @pytest.mark.parametrize("mode", ["gs", "gas"])

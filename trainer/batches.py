@@ -15,6 +15,7 @@ import torch
 from .config import DistillConfig
 from .distributed import Dist
 from .problem import DistillProblem
+from .shard_rows import ShardRows
 from .teacher import derive_seed
 
 __all__ = ["Batch", "batch_indices", "fake_noise", "training_batch"]
@@ -59,10 +60,10 @@ class Batch:
 
 
 def training_batch(problem: DistillProblem, config: DistillConfig, step: int, train_noise: torch.Tensor,
-                   train_lat: torch.Tensor, dist: Dist | None = None, train_states: torch.Tensor | None = None
-                   ) -> Batch:
+                   train_lat: torch.Tensor, dist: Dist | None = None,
+                   train_states: torch.Tensor | ShardRows | None = None) -> Batch:
     """This rank's batch of iteration ``step`` from the training set (the teacher's noises and end states, and its
-    kept trajectory where the state loss is on)."""
+    kept trajectory where the state loss is on, in memory or read from the cache's shards)."""
     dist = dist or Dist()
     global_idx = batch_indices(config, step)
     idx = list(dist.local_slice(global_idx))

@@ -44,6 +44,7 @@ from .distributed import Dist, json_digest, mark_on_every_rank
 from .errors import TeacherCacheError, TrainingInterruptedError
 from .gits import logsnr_grid, search_gits_sigmas
 from .problem import DistillProblem
+from .shard_rows import ShardRows
 
 __all__ = [
     "SHARD_SIZE",
@@ -305,9 +306,11 @@ class TeacherCache:
     # ----- main entry ------------------------------------------------------------------------------------------------
     def get(self, indices: Sequence[int], generate: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]], *,
             batch: int = 16, progress: bool = True, desc: str = "teacher", dist: Dist | None = None,
-            report: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            report: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
+            in_memory: bool = True) -> tuple[torch.Tensor, torch.Tensor | ShardRows]:
         """``(noise, latents)`` of ``indices`` in that order, generating and storing the missing ones shard by shard.
+        With ``in_memory`` False the latents stay in the shards and come as :class:`~trainer.shard_rows.ShardRows`
+        (read on demand; no process holds them all), the noises still as a tensor.
 
         The missing samples of each shard are cut into jobs of at most ``batch`` samples. One process generates them
         all; under torch.distributed (``dist`` with K ranks) rank 0 lists the jobs and broadcasts the list, job ``j``
@@ -322,15 +325,20 @@ class TeacherCache:
         """
         dist = dist or Dist()
         indices = [int(i) for i in indices]
+
+        def kept(sample: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+            # a shard's tensors map its file: a kept view would keep the whole file mapped, so the noise is copied
+            return sample if in_memory else (sample[0].clone(), None)
+
         by_shard: dict[int, list[int]] = {}
         for i in indices:
             by_shard.setdefault(i // SHARD_SIZE, []).append(i)
-        found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        found: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         jobs: list[tuple[int, list[int]]] = []
         if dist.is_main:
             for shard, wanted in sorted(by_shard.items()):
                 stored = self.read_shard(shard)
-                found.update({i: stored[i] for i in wanted if i in stored})
+                found.update({i: kept(stored[i]) for i in wanted if i in stored})
                 todo = sorted({i for i in wanted if i not in stored})
                 jobs.extend((shard, todo[start:start + batch]) for start in range(0, len(todo), batch))
         jobs = dist.broadcast_object(jobs)
@@ -355,7 +363,7 @@ class TeacherCache:
                             f"so far are kept in {self.dir}")
                     if shard != pending_shard and pending:
                         self.merge(pending_shard, pending)
-                        found.update(pending)
+                        found.update({i: kept(v) for i, v in pending.items()})
                         pending = {}
                     pending_shard = shard
                     noise, lat = generate(chunk)
@@ -366,7 +374,7 @@ class TeacherCache:
                         report(done_here, todo_here)
                 if pending:
                     self.merge(pending_shard, pending)
-                    found.update(pending)
+                    found.update({i: kept(v) for i, v in pending.items()})
             finally:
                 bar.close()
         if dist.world > 1:
@@ -374,7 +382,7 @@ class TeacherCache:
             reread = sorted(by_shard) if not dist.is_main else sorted({shard for shard, _ in jobs})
             for shard in reread:
                 stored = self.read_shard(shard)
-                found.update({i: stored[i] for i in by_shard[shard] if i in stored})
+                found.update({i: kept(stored[i]) for i in by_shard[shard] if i in stored})
         lost = sorted({i for i in indices if i not in found})
         if dist.any_flag(bool(lost)):
             raise mark_on_every_rank(TeacherCacheError(
@@ -382,7 +390,10 @@ class TeacherCache:
                 f"(first missing index {lost[0] if lost else 'on another process'}); another program may have deleted "
                 "or damaged shards: run the command again"))
         noise = torch.stack([found[i][0] for i in indices])
-        lat = torch.stack([found[i][1] for i in indices])
+        if not in_memory:
+            shards = {shard: self.shard_path(shard) for shard in by_shard}
+            return noise, ShardRows(shards, SHARD_SIZE, indices, self.target_shape)
+        lat = torch.stack([found[i][1] for i in indices])  # type: ignore[misc]
         return noise, lat
 
 

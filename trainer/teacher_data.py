@@ -11,6 +11,7 @@ their end states, always come from the plain cache.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from .distributed import Dist, mark_on_every_rank
 from .errors import ConfigError
 from .problem import VALIDATION_OFFSET, DistillProblem
 from .runtime import Autocast
+from .shard_rows import ShardRows
 from .teacher import (
     TeacherCache,
     TeacherSpec,
@@ -36,6 +38,11 @@ from .trajectory import kept_steps
 __all__ = ["TeacherData", "load_teacher", "teacher_key"]
 
 log = logging.getLogger("trainer")
+
+#: The largest state-loss trajectory cache (training samples x ``1 + 2P`` latents, float32) held in memory; a larger
+#: one is read from its shards a batch at a time (:class:`~trainer.shard_rows.ShardRows`; 1400 SD1.5 samples at
+#: 512 px with 16 kept points are about 3 GB).
+TRAJECTORY_MEMORY_BYTES = 1 << 30
 
 
 def teacher_key(problem: DistillProblem, config: DistillConfig, spec: TeacherSpec, autocast: Autocast,
@@ -63,8 +70,9 @@ class TeacherData:
     val_noise: torch.Tensor
     val_lat: torch.Tensor
     #: With the state loss on: the training samples' kept teacher states then their denoised outputs
-    #: ``[n, 2P, *latent]`` (CPU) and the states' sigmas ``[P]`` (float64, decreasing); else None.
-    train_states: torch.Tensor | None = None
+    #: ``[n, 2P, *latent]`` (CPU; a :class:`ShardRows` read a batch at a time above
+    #: :data:`TRAJECTORY_MEMORY_BYTES`) and the states' sigmas ``[P]`` (float64, decreasing); else None.
+    train_states: torch.Tensor | ShardRows | None = None
     state_sigmas: torch.Tensor | None = None
 
 
@@ -109,13 +117,24 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
         report = (lambda done, total: on_progress(desc, done, total)) if on_progress is not None else None
         return {"desc": desc, "report": report, "should_stop": should_stop}
 
+    # a trajectory cache larger than TRAJECTORY_MEMORY_BYTES stays in its shards, read a batch at a time
+    in_memory = keep is None or trajectory_bytes(config.train_size, cache.target_shape) <= TRAJECTORY_MEMORY_BYTES
     train_noise, train_lat = cache.get(train_idx, lambda indices: generate(indices, keep),
                                        batch=config.teacher_batch, progress=progress, dist=dist,
-                                       **phase("teacher (train)"))
+                                       in_memory=in_memory, **phase("teacher (train)"))
     # the held-out samples need no trajectory: they come from the plain cache, shared with runs without the state loss
     val_noise, val_lat = plain.get(val_idx, generate, batch=config.teacher_batch, progress=progress, dist=dist,
                                    **phase("teacher (held-out)"))
     if keep is None:
         return TeacherData(spec, cache, train_noise, train_lat, val_idx, val_noise, val_lat)
+    if isinstance(train_lat, ShardRows):
+        end = train_lat.select(slice(0, 1))[train_idx][:, 0]
+        return TeacherData(spec, cache, train_noise, end, val_idx, val_noise, val_lat,
+                           train_states=train_lat.select(slice(1, None)), state_sigmas=kept_sigmas(problem, spec, keep))
     return TeacherData(spec, cache, train_noise, train_lat[:, 0], val_idx, val_noise, val_lat,
                        train_states=train_lat[:, 1:], state_sigmas=kept_sigmas(problem, spec, keep))
+
+
+def trajectory_bytes(samples: int, target_shape: Sequence[int]) -> int:
+    """Bytes of ``samples`` stored teacher outputs of ``target_shape`` (float32)."""
+    return 4 * samples * math.prod(int(d) for d in target_shape)

@@ -2,7 +2,7 @@
 problem, on every rank, with everything written below ``WORKDIR``.
 
 Usage: torchrun --nproc_per_node=K tests/scripts/dist_distill.py WORKDIR MODE ITERS [--die-at STEP]
-[--die-in-teacher CALL] [--die-rank R] [--resume]
+[--die-in-teacher CALL] [--die-rank R] [--resume] [--loss-reduce R] [--state-loss W] [--trajectory-from-shards]
 
 ``--die-at``: rank R ends its process abruptly (``os._exit``, no clean-up, like a killed process) right after
 iteration STEP; ``--die-in-teacher``: at its CALL-th model call while generating teacher samples. Every rank
@@ -33,7 +33,13 @@ parser.add_argument("--die-in-teacher", type=int, default=0)
 parser.add_argument("--die-rank", type=int, default=1)
 parser.add_argument("--resume", action="store_true")
 parser.add_argument("--loss-reduce", default="mean")
+parser.add_argument("--state-loss", type=float, default=0.0)
+parser.add_argument("--trajectory-from-shards", action="store_true")
 args = parser.parse_args()
+if args.trajectory_from_shards:  # read the state loss's trajectory from the cache's shards however small it is
+    import trainer.teacher_data
+
+    trainer.teacher_data.TRAJECTORY_MEMORY_BYTES = 0
 
 rank = int(os.environ.get("RANK", "0"))
 steps: list[int] = []
@@ -60,7 +66,8 @@ if args.die_in_teacher and rank == args.die_rank:
     problem.denoiser = dying_denoiser
 
 config = tiny_config(args.workdir, mode=args.mode, iters=args.iters, ckpt_every=5, train_size=64, val_size=16,
-                     eval_batch=8, teacher_batch=8, resume=args.resume, loss_reduce=args.loss_reduce)
+                     eval_batch=8, teacher_batch=8, resume=args.resume, loss_reduce=args.loss_reduce,
+                     state_loss=args.state_loss, state_points=4)
 result = distill(problem, config, progress=False, callback=callback)
 report = {"rank": rank, "world": result.world, "step_log": steps, "solver": str(result.solver_path),
           "l1": result.scores["methods"][result.label]["l1"]}
