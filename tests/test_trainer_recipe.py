@@ -171,6 +171,24 @@ def test_stability_rule():
     assert run.stable
     run.curve[-1] = (100, 0.1021)
     assert not run.stable
+    # measured against the exact ODE at 80% (``--exact-stability``), that decides instead of the trainer's check
+    run.exact_l1_at_80 = 0.0981
+    assert run.stable
+    run.exact_l1_at_80 = 0.098
+    assert not run.stable
+
+
+def test_exact_stability_stops_at_80_percent_and_resumes_to_the_same_solver(tmp_path):
+    """``--exact-stability``: each run stops at 80% of its iterations, scores that EMA solver against the exact ODE
+    and resumes; the end result and the curve are those of the uninterrupted run."""
+    common = ["--teachers", "tiny", "--settings", "tuned+teacher 32+lr 5e-3", "--nfe", "3", "--seeds", "1",
+              "--iters", "20", "--train-size", "8", "--val-size", "8", "--heldout", "8", "--exact-steps", "32"]
+    plain = bench.main(common)
+    checked = bench.main([*common, "--exact-stability"])
+    assert [r.heldout_l1 for r in checked] == [r.heldout_l1 for r in plain]
+    assert [r.curve for r in checked] == [r.curve for r in plain]
+    assert math.isnan(plain[0].exact_l1_at_80) and math.isfinite(checked[0].exact_l1_at_80)
+    assert checked[0].exact_l1_at_80 != checked[0].heldout_l1  # the solver of iteration 16, not the last
 
 
 def test_a_recipe_sets_what_the_command_line_leaves_out(monkeypatch):
@@ -270,26 +288,37 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
     assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
 
 
-def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_3x_rate_the_cauchy_loss_the_state_loss_and_a_light_disc():
+def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_5x_rate_the_cauchy_and_state_losses_a_32_step_teacher():
     tuned, paper = DistillConfig.from_recipe("tuned"), DistillConfig.from_recipe("paper")
-    assert (tuned.lr, tuned.lr_schedule, tuned.loss_reduce, tuned.cauchy_scale) == (3e-3, "cosine", "cauchy", 10.0)
+    assert (tuned.lr, tuned.lr_schedule, tuned.loss_reduce, tuned.cauchy_scale) == (5e-3, "cosine", "cauchy", 10.0)
     assert (tuned.state_loss, tuned.state_anneal, tuned.state_points) == (1.0, "linear", 16)
     assert (tuned.disc_weight, tuned.r1_every, tuned.disc_every) == (0.1, 16, 4)
+    # the recipe's teacher steps are the dpmpp3m teacher's; an explicit count or the ipndm-gits teacher keep theirs
+    assert (tuned.resolved_teacher_steps, paper.resolved_teacher_steps) == (32, 64)
+    assert DistillConfig.from_recipe("tuned", teacher_steps=48).resolved_teacher_steps == 48
+    assert DistillConfig.from_recipe("tuned", teacher="ipndm-gits", nfe=6).resolved_teacher_steps == 7
     changed = {k for k, v in tuned.to_dict().items() if paper.to_dict()[k] != v}
     assert changed == {"lr", "lr_schedule", "loss_reduce", "cauchy_scale", "state_loss", "state_anneal",
-                       "disc_weight", "r1_every", "disc_every"}
+                       "dpmpp3m_steps", "disc_weight", "r1_every", "disc_every"}
     args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "tuned"])
-    assert cli.config_from_args(args).lr == 3e-3 and cli.config_from_args(args).state_loss == 1.0
+    from_cli = cli.config_from_args(args)
+    assert (from_cli.lr, from_cli.state_loss, from_cli.resolved_teacher_steps) == (5e-3, 1.0, 32)
+    paper_cli = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x", "--recipe", "paper"]))
+    assert (paper_cli.lr, paper_cli.resolved_teacher_steps) == (1e-3, 64)
     # the bench row that measured it: its GS settings are the recipe's
-    assert bench.SETTINGS["tuned+state 1 linear"](2000) == {
-        k: v for k, v in RECIPES["tuned"].items() if k in changed and not k.startswith(("disc", "r1"))}
+    gs_changes = {k: v for k, v in RECIPES["tuned"].items() if k in changed and not k.startswith(("disc", "r1"))}
+    assert bench.SETTINGS["tuned+teacher 32+lr 5e-3"](2000) == gs_changes
+    # the earlier rows the levers are built on: the same with the paper's teacher and a 3x rate, without the state loss
+    previous = {**gs_changes, "lr": 3e-3}
+    del previous["dpmpp3m_steps"]
+    assert bench.SETTINGS["tuned+state 1 linear"](2000) == previous
     assert bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss"](2000) == {
-        k: v for k, v in RECIPES["tuned"].items() if k in changed and not k.startswith(("disc", "r1", "state"))}
-    # the teacher-cost levers are the previous `tuned` (no state loss) with one data setting changed
+        k: v for k, v in previous.items() if not k.startswith("state")}
+    # the teacher-cost levers are that earlier `tuned` (no state loss) with one data setting changed
     lever = bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss+teacher 32+train 2800"](2000)
-    previous = DistillConfig.from_recipe("tuned", teacher_steps=32, train_size=2800, state_loss=0.0,
-                                         state_anneal="none").to_dict()
-    gs_part = {k: v for k, v in previous.items() if not k.startswith(("disc", "r1"))}
+    before = DistillConfig.from_recipe("tuned", lr=3e-3, dpmpp3m_steps=64, teacher_steps=32, train_size=2800,
+                                       state_loss=0.0, state_anneal="none").to_dict()
+    gs_part = {k: v for k, v in before.items() if not k.startswith(("disc", "r1"))}
     assert gs_part == {k: v for k, v in DistillConfig.from_recipe("paper", **lever).to_dict().items()
                        if not k.startswith(("disc", "r1"))}
 
