@@ -123,11 +123,12 @@ class GASTrainSolver(io.ComfyNode):
                              tooltip="Decodes the preview and the report grid (optional; without it the preview "
                                      "shows latents)."),
                 io.Int.Input("teacher_steps", default=0, min=0, max=10000, optional=True,
-                             tooltip="Teacher steps (0 = 64, DPM-Solver++(3M) on a log-SNR grid)."),
+                             tooltip="Teacher steps of DPM-Solver++(3M) on a log-SNR grid (0 = the recipe's: 32 "
+                                     "tuned, 64 paper)."),
                 io.Int.Input("batch", default=4, min=1, max=1024, optional=True, tooltip="Samples per iteration."),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-4, round=1e-7,
                                optional=True, tooltip="Adam learning rate of the solver (0 = the recipe's: 1e-3 "
-                                                      "paper, 3e-3 tuned)."),
+                                                      "paper, 5e-3 tuned)."),
                 io.Int.Input("train_size", default=1400, min=1, max=1_000_000, optional=True,
                              tooltip="Teacher samples for training."),
                 io.Int.Input("val_size", default=128, min=1, max=100_000, optional=True,
@@ -149,9 +150,9 @@ class GASTrainSolver(io.ComfyNode):
                 io.Combo.Input("recipe", options=list(train_logic.RECIPE_NAMES), default=train_logic.DEFAULT_RECIPE,
                                optional=True,
                                tooltip="Training recipe the other settings start from: paper (the GAS paper's SD "
-                                       "recipe) or tuned (3x learning rate with cosine decay, a robust loss and a "
-                                       "loss on the intermediate states; in gas mode a lighter, lazier "
-                                       "discriminator); see the trainer README."),
+                                       "recipe) or tuned (5x learning rate with cosine decay, a robust loss, a "
+                                       "loss on the intermediate states and a 32-step teacher; in gas mode a "
+                                       "lighter, lazier discriminator); see the trainer README."),
             ],
             outputs=[
                 io.Custom("COMBO").Output(display_name="solver",

@@ -85,6 +85,13 @@ def test_schema_help_page_and_template(server: ComfyServer) -> None:
         for name, spec in node["input"][section].items():
             assert spec[1].get("tooltip"), name
     assert all(node["output_tooltips"]) and node["output"][0] == "COMBO"
+    # the defaults the tooltips name are the recipes' (the schema cannot import the trainer at ComfyUI's start)
+    from trainer.config import RECIPES
+
+    optional = node["input"]["optional"]
+    for name, key in (("learning_rate", "lr"), ("teacher_steps", "dpmpp3m_steps")):
+        tip = optional[name][1]["tooltip"]
+        assert all(f"{RECIPES[r][key]:g} {r}" in tip for r in RECIPES), (name, tip)
     status, text = server.get_text(f"/extensions/{PACK_NAME}/docs/GASTrainSolver/en.md")
     assert status == 200 and text.startswith("# GAS Train Solver")
     status, text = server.get_text("/workflow_templates")

@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dpmpp3m: DPM-Solver++(3M) with many steps (converged); ipndm-gits: the paper's SD teacher, "
                           "iPNDM on GITS sigmas with NFE n+1")
     tea.add_argument("--teacher-steps", type=int, default=None,
-                     help=f"teacher steps (default: {DEFAULT_TEACHER_STEPS} for dpmpp3m, NFE+1 for ipndm-gits)")
+                     help=f"teacher steps (default: the recipe's for dpmpp3m, {RECIPES['tuned']['dpmpp3m_steps']} "
+                          f"in tuned and {DEFAULT_TEACHER_STEPS} in paper; NFE+1 for ipndm-gits)")
     tea.add_argument("--teacher-order", type=int, default=_D.teacher_order, choices=(1, 2, 3, 4),
                      help="iPNDM order of the ipndm-gits teacher")
     tea.add_argument("--teacher-batch", type=int, default=_D.teacher_batch, help="samples per teacher batch")

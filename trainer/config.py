@@ -23,7 +23,8 @@ __all__ = ["DEFAULT_RECIPE", "DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", 
 
 #: The pack folder (the repository root): default outputs live below it.
 PACK_ROOT = Path(__file__).resolve().parents[1]
-#: Steps of the default teacher, DPM-Solver++(3M) on a log-SNR-uniform grid (README: "Choosing the teacher").
+#: Steps of the DPM-Solver++(3M) teacher on a log-SNR-uniform grid in the paper recipe (README: "Choosing the
+#: teacher"); the `tuned` recipe uses 32 (``DistillConfig.dpmpp3m_steps``).
 DEFAULT_TEACHER_STEPS = 64
 MODES = ("gs", "gas")
 LOSSES = ("l1", "lpips")
@@ -53,21 +54,22 @@ DISC_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "batch": 4, "iters": 2000, "train_size": 1400, "val_size": 128, "lr": 1e-3, "grad_clip": 1.0, "ema": 0.999,
+        "dpmpp3m_steps": DEFAULT_TEACHER_STEPS,
         "lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform", "coef_lr_scale": 1.0, "starts": 1,
         "select": "last", "loss": "l1", "loss_reduce": "mean", "cauchy_scale": 3.0,
         "state_loss": 0.0, "state_points": 16, "state_anneal": "none",
         "disc_lr": 1e-5, "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
     },
 }
-#: "tuned" (the default recipe): the paper recipe with a 3x higher peak learning rate decayed by a cosine, the
-#: Cauchy-robust batch loss at ten batch medians and the loss on intermediate states (weight 1, decayed linearly to 0;
-#: trainer/trajectory.py), the best of the recipe bench at the paper's length and teacher cost (benchmarks/README.md:
-#: at least 15% below "paper", worst seed below the paper's best, in every teacher x NFE cell on one CPU and in five
-#: of six on another); in GAS mode an
+#: "tuned" (the default recipe): the paper recipe with a 5x higher peak learning rate decayed by a cosine, the
+#: Cauchy-robust batch loss at ten batch medians, the loss on intermediate states (weight 1, decayed linearly to 0;
+#: trainer/trajectory.py) and a 32-step teacher (half the paper's teacher model calls, 1.5e-4 from the exact ODE on
+#: the bench); the best of the recipe bench at the paper's length (benchmarks/README.md: at least 15% below "paper",
+#: worst seed below the paper's best, in every teacher x NFE cell); in GAS mode an
 #: adversarial weight of 0.1 with lazy R1/R2 (every 16th discriminator step) and a discriminator step every 4th
 #: iteration (GAS mode at under 2x GS's cost on the bench). Measured on analytic teachers only.
-RECIPES["tuned"] = {**RECIPES["paper"], "lr": 3e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
-                    "cauchy_scale": 10.0, "state_loss": 1.0, "state_anneal": "linear",
+RECIPES["tuned"] = {**RECIPES["paper"], "lr": 5e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
+                    "cauchy_scale": 10.0, "state_loss": 1.0, "state_anneal": "linear", "dpmpp3m_steps": 32,
                     "disc_weight": 0.1, "r1_every": 16, "disc_every": 4}
 
 #: The recipe the command line (``--recipe``) and the GAS Train Solver node start from. ``DistillConfig()`` itself
@@ -132,7 +134,9 @@ class DistillConfig:
     disc_blocks: int = 2  #: residual blocks per discriminator stage
     # ----- teacher -----------------------------------------------------------------------------------------------
     teacher: str = "dpmpp3m"  #: "dpmpp3m" (many-step DPM-Solver++(3M)) or "ipndm-gits" (the paper's SD teacher)
-    teacher_steps: int | None = None  #: teacher steps (default: 64 for dpmpp3m, nfe+1 for ipndm-gits)
+    teacher_steps: int | None = None  #: teacher steps (default: `dpmpp3m_steps` for dpmpp3m, nfe+1 for ipndm-gits)
+    #: steps of the dpmpp3m teacher when `teacher_steps` is not given (the recipe's: 64 paper, 32 tuned)
+    dpmpp3m_steps: int = DEFAULT_TEACHER_STEPS
     teacher_grid: str = "logsnr"  #: sigma grid of the dpmpp3m teacher: uniform in "logsnr" or in GAS "time"
     teacher_order: int = 2  #: iPNDM order of the ipndm-gits teacher (2 as in the paper, up to 4)
     teacher_batch: int = 16  #: samples per teacher batch
@@ -166,10 +170,10 @@ class DistillConfig:
     # ----- derived -----------------------------------------------------------------------------------------------
     @property
     def resolved_teacher_steps(self) -> int:
-        """Teacher steps after defaults: 64 for dpmpp3m, NFE + 1 for ipndm-gits."""
+        """Teacher steps after defaults: :attr:`dpmpp3m_steps` for dpmpp3m, NFE + 1 for ipndm-gits."""
         if self.teacher_steps is not None:
             return self.teacher_steps
-        return DEFAULT_TEACHER_STEPS if self.teacher == "dpmpp3m" else self.nfe + 1
+        return self.dpmpp3m_steps if self.teacher == "dpmpp3m" else self.nfe + 1
 
     def start_length(self) -> int:
         """Iterations of each start of a multi-start run (:attr:`start_iters`, default ``iters / (5 starts)``)."""
@@ -263,6 +267,8 @@ class DistillConfig:
         if self.teacher_steps is not None:
             need(is_int(self.teacher_steps) and 1 <= self.teacher_steps <= 10000,
                  f"`teacher_steps` must be an integer from 1 to 10000, got {self.teacher_steps!r}")
+        need(is_int(self.dpmpp3m_steps) and 1 <= self.dpmpp3m_steps <= 10000,
+             f"`dpmpp3m_steps` must be an integer from 1 to 10000, got {self.dpmpp3m_steps!r}")
         need(self.teacher_order in (1, 2, 3, 4), f"`teacher_order` must be 1..4, got {self.teacher_order!r}")
         for name in ("lr", "disc_lr", "coef_lr_scale", "cauchy_scale"):
             value = getattr(self, name)

@@ -11,7 +11,7 @@ Files (``<stem>`` = ``<name>-nfe<N1>-<N2>-...-<mode>``, the NFEs ascending, e.g.
   written.
 
 The teacher. Its cache is keyed without the solver's NFE (:mod:`trainer.teacher_data`), so every NFE whose teacher
-settings are the same reads the samples the first NFE generated. The default ``dpmpp3m`` teacher (64 steps) is
+settings are the same reads the samples the first NFE generated. The default ``dpmpp3m`` teacher (32 or 64 steps) is
 the same for every NFE: it is generated once. The paper's ``ipndm-gits`` teacher runs NFE + 1 steps unless
 ``teacher_steps`` is set, so it differs per NFE and each NFE generates its own (a warning says so; a fixed
 ``teacher_steps`` makes it one shared teacher).
