@@ -127,8 +127,8 @@ class GASTrainSolver(io.ComfyNode):
                                      "tuned, 64 paper)."),
                 io.Int.Input("batch", default=4, min=1, max=1024, optional=True, tooltip="Samples per iteration."),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-4, round=1e-7,
-                               optional=True, tooltip="Adam learning rate of the solver (0 = the recipe's: 1e-3 "
-                                                      "paper, 5e-3 tuned)."),
+                               optional=True, tooltip="Adam learning rate of the solver (0 = the recipe's: 0.001 "
+                                                      "paper, 0.005 tuned)."),
                 io.Int.Input("train_size", default=1400, min=1, max=1_000_000, optional=True,
                              tooltip="Teacher samples for training."),
                 io.Int.Input("val_size", default=128, min=1, max=100_000, optional=True,
