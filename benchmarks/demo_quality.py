@@ -19,12 +19,12 @@ import torch
 
 def main(argv: list[str] | None = None) -> None:
     from trainer.cli import _setup_logging
-    from trainer.config import DistillConfig
+    from trainer.config import DEFAULT_RECIPE, DistillConfig
     from trainer.demo import DEMO_DEFAULTS, run_demo
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nfe", type=int, default=4)
-    ap.add_argument("--iters", type=int, default=DEMO_DEFAULTS["iters"])
+    ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the recipe's)")
     ap.add_argument("--keep", metavar="DIR", default=None, help="write everything here instead of a temporary folder")
     ap.add_argument("--progress", action="store_true", help="show progress bars")
     args = ap.parse_args(argv)
@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("trainer").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
-        cfg = DistillConfig(**{**DEMO_DEFAULTS, "iters": args.iters}, nfe=args.nfe, name="demo", overwrite=True,
-                            out_dir=str(root / "out"), cache_dir=str(root / "cache"), run_dir=str(root / "runs"))
+        iters = {"iters": args.iters} if args.iters else {}
+        cfg = DistillConfig.from_recipe(DEFAULT_RECIPE, **DEMO_DEFAULTS, **iters, nfe=args.nfe, name="demo",
+                                        overwrite=True, out_dir=str(root / "out"), cache_dir=str(root / "cache"),
+                                        run_dir=str(root / "runs"))
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         run_demo(cfg, ["gs", "gas"], progress=args.progress)
 

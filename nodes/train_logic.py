@@ -28,10 +28,21 @@ def node_configs(config_module: Any, recipe: str, nfes: Sequence[int], *, learni
                  **fields: Any) -> list[Any]:
     """One ``DistillConfig`` per NFE: recipe ``recipe``'s values, then the node's ``fields``; ``learning_rate`` 0
     keeps the recipe's rate. ``config_module`` is ``trainer.config``."""
-    if recipe not in config_module.RECIPES:
-        raise logic.GASNodeError(f"recipe must be one of {', '.join(config_module.RECIPES)}, got '{recipe}'")
+    _check_recipe(config_module, recipe)
     rate = {"lr": float(learning_rate)} if learning_rate else {}
     return [config_module.DistillConfig.from_recipe(recipe, nfe=n, **rate, **fields) for n in nfes]
+
+
+def recipe_iterations(config_module: Any, recipe: str, iterations: int) -> int:
+    """The node's ``iterations``, or for 0 the recipe's (``trainer.config.RECIPES``; ``config_module`` is
+    ``trainer.config``)."""
+    _check_recipe(config_module, recipe)
+    return int(iterations) or int(config_module.RECIPES[recipe]["iters"])
+
+
+def _check_recipe(config_module: Any, recipe: str) -> None:
+    if recipe not in config_module.RECIPES:
+        raise logic.GASNodeError(f"recipe must be one of {', '.join(config_module.RECIPES)}, got '{recipe}'")
 
 
 def parse_nfe(text: str) -> list[int]:

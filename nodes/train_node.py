@@ -109,8 +109,8 @@ class GASTrainSolver(io.ComfyNode):
                 io.Combo.Input("mode", options=list(MODES), default="gas",
                                tooltip="gas: distillation + adversarial loss (the paper's GAS); gs: distillation "
                                        "loss only (faster, bit-reproducible)."),
-                io.Int.Input("iterations", default=2000, min=1, max=1_000_000,
-                             tooltip="Training iterations (2000 in the paper)."),
+                io.Int.Input("iterations", default=0, min=0, max=1_000_000,
+                             tooltip="Training iterations (0 = the recipe's: 1800 tuned, 2000 paper)."),
                 io.Int.Input("seed", default=42, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Teacher noise (sample i uses seed+i), data order, discriminator."),
                 io.String.Input("solver_name", default="",
@@ -151,8 +151,8 @@ class GASTrainSolver(io.ComfyNode):
                                optional=True,
                                tooltip="Training recipe the other settings start from: paper (the GAS paper's SD "
                                        "recipe) or tuned (5x learning rate with cosine decay, a robust loss, a "
-                                       "loss on the intermediate states and a 32-step teacher; in gas mode a "
-                                       "lighter, lazier discriminator); see the trainer README."),
+                                       "loss on the intermediate states, a 32-step teacher and 1800 iterations; "
+                                       "in gas mode a lighter, lazier discriminator); see the trainer README."),
             ],
             outputs=[
                 io.Custom("COMBO").Output(display_name="solver",
@@ -199,11 +199,12 @@ class GASTrainSolver(io.ComfyNode):
         if prompt_set is None:
             raise logic.GASNodeError("the prompts text holds no prompt (one per line, '#' starts a comment); leave "
                                      "it empty to use the built-in prompt set")
+        iters = train_logic.recipe_iterations(t["config"], recipe, iterations)
         configs = train_logic.node_configs(
             t["config"], recipe, nfes, learning_rate=learning_rate, mode=mode, seed=seed, train_size=train_size,
-            val_size=val_size, batch=batch, iters=iterations, teacher_steps=teacher_steps or None,
+            val_size=val_size, batch=batch, iters=iters, teacher_steps=teacher_steps or None,
             out_dir=_solver_dir(), name=name, overwrite=overwrite, ckpt_every=checkpoint_every,
-            eval_every=max(500, iterations), log_every=max(1, min(100, iterations // 10)),
+            eval_every=max(500, iters), log_every=max(1, min(100, iters // 10)),
             grid_samples=min(PREVIEW_SAMPLES, val_size), disc_preset="paper")
         try:
             for config in configs:

@@ -88,9 +88,10 @@ def test_schema_help_page_and_template(server: ComfyServer) -> None:
     # the defaults the tooltips name are the recipes' (the schema cannot import the trainer at ComfyUI's start)
     from trainer.config import RECIPES
 
-    optional = node["input"]["optional"]
-    for name, key in (("learning_rate", "lr"), ("teacher_steps", "dpmpp3m_steps")):
-        tip = optional[name][1]["tooltip"]
+    inputs = {**node["input"]["required"], **node["input"]["optional"]}
+    for name, key in (("learning_rate", "lr"), ("teacher_steps", "dpmpp3m_steps"), ("iterations", "iters")):
+        assert inputs[name][1]["default"] == 0, name  # 0: the recipe's
+        tip = inputs[name][1]["tooltip"]
         assert all(f"{RECIPES[r][key]:g} {r}" in tip for r in RECIPES), (name, tip)
     status, text = server.get_text(f"/extensions/{PACK_NAME}/docs/GASTrainSolver/en.md")
     assert status == 200 and text.startswith("# GAS Train Solver")

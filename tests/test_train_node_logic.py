@@ -99,6 +99,12 @@ def test_the_node_recipes_are_the_trainers_and_its_configs_start_from_the_chosen
     assert [c.nfe for c in tuned] == [4, 6] and all(c.batch == 2 and c.mode == "gs" for c in tuned)
     assert tuned[0] == config.DistillConfig.from_recipe("tuned", nfe=4, mode="gs", batch=2)
     assert tuned[0].lr == config.RECIPES["tuned"]["lr"]  # learning_rate 0: the recipe's rate
+    # iterations 0: the recipe's count; any other value is the node's own
+    assert [train_logic.recipe_iterations(config, r, 0) for r in ("tuned", "paper")] == \
+        [config.RECIPES["tuned"]["iters"], config.RECIPES["paper"]["iters"]]
+    assert train_logic.recipe_iterations(config, "tuned", 7) == 7
+    with pytest.raises(logic.GASNodeError, match="recipe must be one of paper, tuned, got 'fast'"):
+        train_logic.recipe_iterations(config, "fast", 0)
     paper = train_logic.node_configs(config, "paper", [4], learning_rate=2e-3)
     assert paper[0] == config.DistillConfig(lr=2e-3)
     with pytest.raises(logic.GASNodeError, match="recipe must be one of paper, tuned, got 'fast'"):

@@ -288,7 +288,7 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
     assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
 
 
-def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_5x_rate_the_cauchy_and_state_losses_a_32_step_teacher():
+def test_the_tuned_recipe_is_the_paper_with_a_5x_cosine_rate_cauchy_and_state_losses_32_step_teacher_1800_iters():
     tuned, paper = DistillConfig.from_recipe("tuned"), DistillConfig.from_recipe("paper")
     assert (tuned.lr, tuned.lr_schedule, tuned.loss_reduce, tuned.cauchy_scale) == (5e-3, "cosine", "cauchy", 10.0)
     assert (tuned.state_loss, tuned.state_anneal, tuned.state_points) == (1.0, "linear", 16)
@@ -298,26 +298,28 @@ def test_the_tuned_recipe_is_the_paper_with_a_cosine_decayed_5x_rate_the_cauchy_
     assert DistillConfig.from_recipe("tuned", teacher_steps=48).resolved_teacher_steps == 48
     assert DistillConfig.from_recipe("tuned", teacher="ipndm-gits", nfe=6).resolved_teacher_steps == 7
     changed = {k for k, v in tuned.to_dict().items() if paper.to_dict()[k] != v}
-    assert changed == {"lr", "lr_schedule", "loss_reduce", "cauchy_scale", "state_loss", "state_anneal",
+    assert changed == {"iters", "lr", "lr_schedule", "loss_reduce", "cauchy_scale", "state_loss", "state_anneal",
                        "dpmpp3m_steps", "disc_weight", "r1_every", "disc_every"}
     args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "tuned"])
     from_cli = cli.config_from_args(args)
-    assert (from_cli.lr, from_cli.state_loss, from_cli.resolved_teacher_steps) == (5e-3, 1.0, 32)
+    assert (from_cli.lr, from_cli.state_loss, from_cli.resolved_teacher_steps, from_cli.iters) == (5e-3, 1.0, 32, 1800)
     paper_cli = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x", "--recipe", "paper"]))
-    assert (paper_cli.lr, paper_cli.resolved_teacher_steps) == (1e-3, 64)
-    # the bench row that measured it: its GS settings are the recipe's
+    assert (paper_cli.lr, paper_cli.resolved_teacher_steps, paper_cli.iters) == (1e-3, 64, 2000)
+    # the bench row that measured it (at --iters 2000, the paper's length): its GS settings are the recipe's
     gs_changes = {k: v for k, v in RECIPES["tuned"].items() if k in changed and not k.startswith(("disc", "r1"))}
-    assert bench.SETTINGS["tuned+teacher 32+lr 5e-3"](2000) == gs_changes
-    # the earlier rows the levers are built on: the same with the paper's teacher and a 3x rate, without the state loss
-    previous = {**gs_changes, "lr": 3e-3}
+    assert bench.SETTINGS["tuned+iters x0.9"](2000) == gs_changes
+    # the rows before it: the same at the paper's length; with the paper's teacher and a 3x rate, no state loss
+    at_2000 = {k: v for k, v in gs_changes.items() if k != "iters"}
+    assert bench.SETTINGS["tuned+teacher 32+lr 5e-3"](2000) == at_2000
+    previous = {**at_2000, "lr": 3e-3}
     del previous["dpmpp3m_steps"]
     assert bench.SETTINGS["tuned+state 1 linear"](2000) == previous
     assert bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss"](2000) == {
         k: v for k, v in previous.items() if not k.startswith("state")}
     # the teacher-cost levers are that earlier `tuned` (no state loss) with one data setting changed
     lever = bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss+teacher 32+train 2800"](2000)
-    before = DistillConfig.from_recipe("tuned", lr=3e-3, dpmpp3m_steps=64, teacher_steps=32, train_size=2800,
-                                       state_loss=0.0, state_anneal="none").to_dict()
+    before = DistillConfig.from_recipe("tuned", iters=2000, lr=3e-3, dpmpp3m_steps=64, teacher_steps=32,
+                                       train_size=2800, state_loss=0.0, state_anneal="none").to_dict()
     gs_part = {k: v for k, v in before.items() if not k.startswith(("disc", "r1"))}
     assert gs_part == {k: v for k, v in DistillConfig.from_recipe("paper", **lever).to_dict().items()
                        if not k.startswith(("disc", "r1"))}

@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch", type=int, default=None,
                       help=f"global batch size, split evenly over the processes under torchrun (default: {_D.batch})")
     data.add_argument("--iters", type=int, default=None,
-                      help=f"training iterations (default: {_D.iters}{demo('iters')})")
+                      help=f"training iterations (default: the recipe's, {_D.iters}; "
+                           f"{RECIPES['paper']['iters']} with --recipe paper)")
     data.add_argument("--lr", type=float, default=None, help=f"Adam learning rate of the solver (default: {_D.lr:g})")
     data.add_argument("--grad-clip", type=float, default=None,
                       help=f"gradient-norm clip, 0 = off (default: {_D.grad_clip:g})")

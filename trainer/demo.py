@@ -234,9 +234,9 @@ def make_demo_problem(*, channels: int = 3, size: int = 16, classes: int = 8, cf
     )
 
 
-#: Options of ``python -m trainer --demo`` that differ from the default recipe (see the README's demo section).
+#: Options of ``python -m trainer --demo`` that differ from the recipe (see the README's demo section); the
+#: iterations and every other optimisation setting are the recipe's.
 DEMO_DEFAULTS: dict[str, Any] = {
-    "iters": 2000,  # the default recipe's (all other optimisation settings too)
     "val_size": 512,  # more held-out samples than SD's 128: the demo's metrics need them and they are cheap
     "disc_preset": "small",  # a 3x16x16 latent does not need the 22 M-parameter discriminator
     "eval_every": 500,
