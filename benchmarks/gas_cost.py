@@ -89,10 +89,9 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
         exact_features = pooled_features(ref.exact)
         for seed in range(args.seeds):
             for variant in args.variants:
-                iters = {"iters": args.iters} if args.iters else {}  # default: the recipe's
                 cfg = DistillConfig.from_recipe(args.recipe, **{
-                    "nfe": args.nfe, "seed": seed, **iters, "train_size": args.train_size,
-                    "val_size": 64, "eval_every": 100_000, "ckpt_every": 100_000, "log_every": 100_000,
+                    "nfe": args.nfe, "seed": seed, "iters": args.iters, "train_size": args.train_size,
+                    "val_size": 64, "eval_every": args.iters, "ckpt_every": args.iters, "log_every": args.iters,
                     "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0, "overwrite": True,
                     "name": f"{teacher}-{list(VARIANTS).index(variant)}-s{seed}", "out_dir": str(root / "out"),
                     "cache_dir": str(root / "cache"), "run_dir": str(root / "runs"), **VARIANTS[variant]})
@@ -147,8 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         args.teachers = args.teachers.split(",")
         args.variants = [v.strip() for v in args.variants.split(";") if v.strip()]
-        iters = args.iters or RECIPES[args.recipe]["iters"]
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; NFE {args.nfe}, iters {iters}, "
+        args.iters = args.iters or RECIPES[args.recipe]["iters"]
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; NFE {args.nfe}, iters {args.iters}, "
               f"train {args.train_size}, held-out {args.heldout} vs exact ODE, seeds {args.seeds}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             results = run(args, Path(tmp))

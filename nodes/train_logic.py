@@ -25,24 +25,16 @@ NODE_NAMES = {"iters": "iterations", "lr": "learning_rate", "name": "solver_name
 
 
 def node_configs(config_module: Any, recipe: str, nfes: Sequence[int], *, learning_rate: float = 0.0,
-                 **fields: Any) -> list[Any]:
+                 iterations: int = 0, **fields: Any) -> list[Any]:
     """One ``DistillConfig`` per NFE: recipe ``recipe``'s values, then the node's ``fields``; ``learning_rate`` 0
-    keeps the recipe's rate. ``config_module`` is ``trainer.config``."""
-    _check_recipe(config_module, recipe)
-    rate = {"lr": float(learning_rate)} if learning_rate else {}
-    return [config_module.DistillConfig.from_recipe(recipe, nfe=n, **rate, **fields) for n in nfes]
-
-
-def recipe_iterations(config_module: Any, recipe: str, iterations: int) -> int:
-    """The node's ``iterations``, or for 0 the recipe's (``trainer.config.RECIPES``; ``config_module`` is
-    ``trainer.config``)."""
-    _check_recipe(config_module, recipe)
-    return int(iterations) or int(config_module.RECIPES[recipe]["iters"])
-
-
-def _check_recipe(config_module: Any, recipe: str) -> None:
+    keeps the recipe's rate, ``iterations`` 0 its count (the held-out check every ``max(500, iters)`` and a log line
+    every ``iters / 10``, at most 100, follow the count). ``config_module`` is ``trainer.config``."""
     if recipe not in config_module.RECIPES:
         raise logic.GASNodeError(f"recipe must be one of {', '.join(config_module.RECIPES)}, got '{recipe}'")
+    rate = {"lr": float(learning_rate)} if learning_rate else {}
+    iters = int(iterations) or int(config_module.RECIPES[recipe]["iters"])
+    schedule = {"iters": iters, "eval_every": max(500, iters), "log_every": max(1, min(100, iters // 10))}
+    return [config_module.DistillConfig.from_recipe(recipe, nfe=n, **rate, **schedule, **fields) for n in nfes]
 
 
 def parse_nfe(text: str) -> list[int]:

@@ -199,12 +199,10 @@ class GASTrainSolver(io.ComfyNode):
         if prompt_set is None:
             raise logic.GASNodeError("the prompts text holds no prompt (one per line, '#' starts a comment); leave "
                                      "it empty to use the built-in prompt set")
-        iters = train_logic.recipe_iterations(t["config"], recipe, iterations)
         configs = train_logic.node_configs(
-            t["config"], recipe, nfes, learning_rate=learning_rate, mode=mode, seed=seed, train_size=train_size,
-            val_size=val_size, batch=batch, iters=iters, teacher_steps=teacher_steps or None,
+            t["config"], recipe, nfes, learning_rate=learning_rate, iterations=iterations, mode=mode, seed=seed,
+            train_size=train_size, val_size=val_size, batch=batch, teacher_steps=teacher_steps or None,
             out_dir=_solver_dir(), name=name, overwrite=overwrite, ckpt_every=checkpoint_every,
-            eval_every=max(500, iters), log_every=max(1, min(100, iters // 10)),
             grid_samples=min(PREVIEW_SAMPLES, val_size), disc_preset="paper")
         try:
             for config in configs:

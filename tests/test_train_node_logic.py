@@ -97,15 +97,15 @@ def test_the_node_recipes_are_the_trainers_and_its_configs_start_from_the_chosen
     assert train_logic.DEFAULT_RECIPE == config.DEFAULT_RECIPE
     tuned = train_logic.node_configs(config, "tuned", [4, 6], mode="gs", batch=2)
     assert [c.nfe for c in tuned] == [4, 6] and all(c.batch == 2 and c.mode == "gs" for c in tuned)
-    assert tuned[0] == config.DistillConfig.from_recipe("tuned", nfe=4, mode="gs", batch=2)
+    assert tuned[0] == config.DistillConfig.from_recipe("tuned", nfe=4, mode="gs", batch=2, eval_every=1800,
+                                                        log_every=100)
     assert tuned[0].lr == config.RECIPES["tuned"]["lr"]  # learning_rate 0: the recipe's rate
-    # iterations 0: the recipe's count; any other value is the node's own
-    assert [train_logic.recipe_iterations(config, r, 0) for r in ("tuned", "paper")] == \
+    # iterations 0: the recipe's count; any other value is the node's own; the check and log intervals follow it
+    assert [train_logic.node_configs(config, r, [4])[0].iters for r in ("tuned", "paper")] == \
         [config.RECIPES["tuned"]["iters"], config.RECIPES["paper"]["iters"]]
-    assert train_logic.recipe_iterations(config, "tuned", 7) == 7
-    with pytest.raises(logic.GASNodeError, match="recipe must be one of paper, tuned, got 'fast'"):
-        train_logic.recipe_iterations(config, "fast", 0)
+    seven = train_logic.node_configs(config, "tuned", [4], iterations=7)[0]
+    assert (seven.iters, seven.eval_every, seven.log_every) == (7, 500, 1)
     paper = train_logic.node_configs(config, "paper", [4], learning_rate=2e-3)
-    assert paper[0] == config.DistillConfig(lr=2e-3)
+    assert paper[0] == config.DistillConfig(lr=2e-3, eval_every=2000, log_every=100)
     with pytest.raises(logic.GASNodeError, match="recipe must be one of paper, tuned, got 'fast'"):
         train_logic.node_configs(config, "fast", [4])
