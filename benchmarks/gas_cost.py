@@ -46,10 +46,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "GAS small, R1 every 16, D every 4, 1 block, weight 0.3": {"mode": "gas", "disc_preset": "small", "r1_every": 16,
                                                                "disc_every": 4, "disc_blocks": 1, "disc_weight": 0.3},
 }
-# a faster-learning discriminator (the paper's 1e-5 gives it few effective steps at one D step every 4 iterations)
+# a faster-learning discriminator (the paper's 1e-5 gives it few effective steps at one D step every 4 iterations),
+# alone, with more discriminator steps, or with a heavier adversarial weight
+_TUNED_GAS = VARIANTS["GAS small, R1 every 16, D every 4, 1 block, weight 0.1"]
 for _rate in ("1e-4", "1e-3"):
     VARIANTS[f"GAS small, R1 every 16, D every 4, 1 block, weight 0.1, D lr {_rate}"] = {
-        **VARIANTS["GAS small, R1 every 16, D every 4, 1 block, weight 0.1"], "disc_lr": float(_rate)}
+        **_TUNED_GAS, "disc_lr": float(_rate)}
+    VARIANTS[f"GAS small, R1 every 16, D every 4, 1 block, weight 0.3, D lr {_rate}"] = {
+        **_TUNED_GAS, "disc_lr": float(_rate), "disc_weight": 0.3}
+VARIANTS["GAS small, R1 every 16, D every 2, 1 block, weight 0.1, D lr 1e-3"] = {
+    **_TUNED_GAS, "disc_lr": 1e-3, "disc_every": 2}
 
 
 @dataclass

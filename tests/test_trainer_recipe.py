@@ -408,7 +408,26 @@ def test_the_cauchy_scale_sets_how_many_medians_count_as_typical(tmp_path):
     assert "c = 10 batch medians" in run.solver.metadata["loss"]
 
 
-@pytest.mark.parametrize("module", ["recipe", "gas_cost"])
+def test_the_fd_headroom_bench_lowers_its_own_loss_and_matches_the_gas_cost_distance(capsys):
+    """``benchmarks.fd_headroom``: its differentiable distance equals ``gas_cost.frechet_distance`` and has a
+    gradient; the bench trains a GS solver, then steps on that distance, and prints held-out rows before and after."""
+    from benchmarks import fd_headroom, gas_cost
+
+    g = torch.Generator().manual_seed(0)
+    target = gas_cost.pooled_features(torch.randn(256, 2, 8, 8, generator=g))
+    a = gas_cost.pooled_features(1.3 * torch.randn(256, 2, 8, 8, generator=g) + 0.1).requires_grad_(True)
+    fd = fd_headroom.frechet_distance_to(target)(a)
+    assert float(fd) == pytest.approx(gas_cost.frechet_distance(a.detach(), target), rel=1e-6)
+    fd.backward()
+    assert a.grad is not None and bool(torch.isfinite(a.grad).all()) and float(a.grad.abs().sum()) > 0
+    fd_headroom.main(["--teachers", "tiny", "--seeds", "0", "--iters", "3", "--train-size", "16", "--steps", "2",
+                      "--batch", "16", "--every", "1", "--heldout", "16", "--exact-steps", "16"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny | 0 |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["0", "1", "2"]
+    assert len({row.split("|")[5] for row in rows}) > 1  # the solver changed
+
+
+@pytest.mark.parametrize("module", ["recipe", "gas_cost", "fd_headroom"])
 def test_the_benches_print_their_help(module, capsys):
     """``--help`` lists every option (a ``%`` in a setting's name must not break argparse's formatting)."""
     import importlib
