@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,23 +31,8 @@ from trainer.runtime import resolve_amp, run_student, start_state
 from trainer.teacher import end_sigmas
 from trainer.teacher_data import load_teacher
 
-from .gas_cost import frechet_distance, pooled_features
+from .gas_cost import frechet_distance, frechet_distance_to, pooled_features
 from .recipe import TEACHERS, HeldOut, held_out
-
-
-def frechet_distance_to(target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``fd(a)``: the differentiable Frechet distance of feature batch ``a`` ``[N, D]`` to fixed features ``target``
-    (float64): ``|mu_a - mu_t|^2 + tr(S_a + S_t - 2 (S_t^1/2 S_a S_t^1/2)^1/2)``."""
-    mu_t, cov_t = target.mean(0), torch.cov(target.T)
-    vals, vecs = torch.linalg.eigh(cov_t)
-    root_t = (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
-
-    def fd(a: torch.Tensor) -> torch.Tensor:
-        cov_a = torch.cov(a.T)
-        middle = torch.linalg.eigvalsh(root_t @ cov_a @ root_t).clamp_min(1e-12).sqrt().sum()
-        return (a.mean(0) - mu_t).square().sum() + cov_a.trace() + cov_t.trace() - 2 * middle
-
-    return fd
 
 
 def polish(problem: DistillProblem, ref: HeldOut, exact_features: torch.Tensor, teacher: str, seed: int,
@@ -57,9 +41,8 @@ def polish(problem: DistillProblem, ref: HeldOut, exact_features: torch.Tensor, 
     cfg = DistillConfig.from_recipe(args.recipe, mode="gs", nfe=args.nfe, seed=seed, train_size=args.train_size,
                                     val_size=64, report=False, grid_samples=0, teacher_batch=32, eval_batch=64,
                                     overwrite=True, name=f"{teacher}-s{seed}", out_dir=str(root / "out"),
-                                    cache_dir=str(root / "cache"), run_dir=str(root / "runs"))
-    cfg.iters = args.iters or cfg.iters
-    cfg.eval_every = cfg.ckpt_every = cfg.log_every = cfg.iters
+                                    cache_dir=str(root / "cache"), run_dir=str(root / "runs"), iters=args.iters,
+                                    eval_every=args.iters, ckpt_every=args.iters, log_every=args.iters)
     solver = distill(problem, cfg, progress=False).solver
     autocast = resolve_amp("off", problem.device)
     data = load_teacher(problem, cfg, autocast, progress=False)
@@ -84,7 +67,7 @@ def polish(problem: DistillProblem, ref: HeldOut, exact_features: torch.Tensor, 
         cond = {k: v[rows] if torch.is_tensor(v) else v for k, v in conditions.items()}
         out = run_student(problem, solver, x, cond, autocast=autocast, differentiable=True)
         target = data.train_lat[rows].float().to(out.device)
-        loss = frechet_distance_to(pooled_features(target))(pooled_features(out))
+        loss = frechet_distance_to(pooled_features(target), eig_floor=1e-12)(pooled_features(out))
         loss = loss + args.l1_weight * (out - target).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -110,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--exact-steps", type=int, default=512)
     ap.add_argument("--exact-cache", type=Path, default=None)
     args = ap.parse_args(argv)
+    args.iters = args.iters or RECIPES[args.recipe]["iters"]
     logging.getLogger("trainer").setLevel(logging.WARNING)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; NFE {args.nfe}, recipe {args.recipe}, "
           f"train {args.train_size}, FD loss on batches of {args.batch}, lr {args.lr}, L1 weight {args.l1_weight}",

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,14 +78,26 @@ def pooled_features(x: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, (h, w)).flatten(1)
 
 
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Frechet distance between the Gaussian fits of feature sets ``a`` and ``b`` ``[N, D]`` (float64)."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+def frechet_distance_to(target: torch.Tensor, eig_floor: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fd(b)``: the Frechet distance (a 0-dim tensor, differentiable in ``b``) between the Gaussian fits of feature
+    sets ``target`` and ``b`` ``[N, D]`` (float64); ``target``'s mean, covariance and its square root are computed
+    once. ``eig_floor``: the floor of the middle term's eigenvalues before their square root (> 0 keeps the gradient
+    finite at a zero eigenvalue)."""
+    mu_a, cov_a = target.mean(0), torch.cov(target.T)
     vals, vecs = torch.linalg.eigh(cov_a)
     root_a = (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
-    middle = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
-    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
+
+    def fd(b: torch.Tensor) -> torch.Tensor:
+        cov_b = torch.cov(b.T)
+        middle = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(eig_floor).sqrt().sum()
+        return (mu_a - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * middle
+
+    return fd
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between the Gaussian fits of feature sets ``a`` and ``b`` ``[N, D]`` (float64)."""
+    return float(frechet_distance_to(a)(b))
 
 
 def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
