@@ -12,7 +12,12 @@ noises the training never sees, against the exact probability-flow ODE solution 
   average-pooled to at most 4x4 per channel (at most 64 features, well estimated from the 8192 held-out samples):
   ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)``; a distribution distance, as GAS's adversarial
   loss targets (L1 to paired samples cannot see a mean-regressed, too smooth sample set);
-* **train s**: the training loop's seconds (the teacher is shared), and its ratio to GS's on the same seed.
+* **train s**: the training loop's seconds, and its ratio to GS's on the same seed;
+* **teacher s**: the teacher's seconds for the variant's training set (each training set generated and timed once per
+  teacher and seed, in a cache folder of its own), and (teacher + train) against GS's.
+
+Every variant trains on the recipe's samples (``tuned``: 1400 in GS mode, ``gas_train_size`` 5600 in GAS mode) unless
+``--train-size`` gives one count for all.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import argparse
 import json
 import math
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +37,9 @@ import torch.nn.functional as F
 
 from trainer.config import RECIPES, DistillConfig
 from trainer.distill import distill
+from trainer.teacher_data import load_teacher
 
-from .recipe import TEACHERS, held_out
+from .recipe import TEACHERS, held_out, teacher_key, warm_up
 
 #: Variants: name -> DistillConfig overrides of the recipe (mode and every discriminator setting a recipe may change).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -67,6 +74,7 @@ class CostResult:
     l1: float
     fd: float
     train_seconds: float
+    teacher_seconds: float = math.nan  #: runs saved before the teacher was timed have none
 
 
 def pooled_features(x: torch.Tensor) -> torch.Tensor:
@@ -101,26 +109,37 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
+    warm_up(root)
     results: list[CostResult] = []
+    counts = {} if args.train_size is None else {"train_size": args.train_size, "gas_train_size": 0}
     for teacher in args.teachers:
         problem = TEACHERS[teacher]()
         ref = held_out(problem, args.heldout, args.exact_steps, args.exact_cache)
         exact_features = pooled_features(ref.exact)
         for seed in range(args.seeds):
+            teacher_s: dict[tuple[Any, ...], float] = {}  # per training set, generated in a cache folder of its own
             for variant in args.variants:
                 cfg = DistillConfig.from_recipe(args.recipe, **{
-                    "nfe": args.nfe, "seed": seed, "iters": args.iters, "train_size": args.train_size,
+                    "nfe": args.nfe, "seed": seed, "iters": args.iters, **counts,
                     "val_size": 64, "eval_every": args.iters, "ckpt_every": args.iters, "log_every": args.iters,
                     "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0, "overwrite": True,
                     "name": f"{teacher}-{list(VARIANTS).index(variant)}-s{seed}", "out_dir": str(root / "out"),
-                    "cache_dir": str(root / "cache"), "run_dir": str(root / "runs"), **VARIANTS[variant]})
+                    "run_dir": str(root / "runs"), **VARIANTS[variant]})
+                key = teacher_key(cfg)
+                folder = list(teacher_s).index(key) if key in teacher_s else len(teacher_s)
+                cfg = replace(cfg, cache_dir=str(root / "cache" / f"{teacher}-s{seed}-{folder}"))
+                if key not in teacher_s:
+                    t0 = time.perf_counter()
+                    load_teacher(problem, cfg, ref.autocast, progress=False)
+                    teacher_s[key] = time.perf_counter() - t0
                 res = distill(problem, cfg, progress=False)
                 out = ref.sample(problem, res.solver)
                 r = CostResult(teacher, variant, seed, float((out - ref.exact).abs().mean()),
-                               frechet_distance(pooled_features(out), exact_features), res.train_seconds)
+                               frechet_distance(pooled_features(out), exact_features), res.train_seconds,
+                               teacher_s[key])
                 results.append(r)
-                print(f"  {teacher} | {variant} | seed {seed} | L1 {r.l1:.4f} | FD {r.fd:.4g} | "
-                      f"train {r.train_seconds:.1f}s", flush=True)
+                print(f"  {teacher} | {variant} | seed {seed} | {cfg.training_samples} samples | L1 {r.l1:.4f} | "
+                      f"FD {r.fd:.4g} | teacher {r.teacher_seconds:.1f}s train {r.train_seconds:.1f}s", flush=True)
                 if args.json is not None:
                     with args.json.open("a") as f:
                         f.write(json.dumps(asdict(r)) + "\n")
@@ -128,18 +147,29 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
 
 
 def format_table(results: list[CostResult]) -> str:
-    """Per (teacher, variant): mean L1, mean FD, mean train seconds and mean ratio to GS on the same seeds."""
+    """Per (teacher, variant): mean L1, mean FD, mean teacher and train seconds, and the mean ratios to GS on the same
+    seeds of the training time and of teacher + training (runs saved without the teacher's time: "-")."""
     gs = {(r.teacher, r.seed): r for r in results if r.variant == "GS"}
-    lines = ["| teacher | variant | mean L1 | mean FD to exact | train s | train / GS |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| teacher | variant | mean L1 | mean FD to exact | teacher s | train s | train / GS "
+             "| teacher + train / GS |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else math.nan
+
+    def shown(value: float, fmt: str) -> str:
+        return "-" if math.isnan(value) else format(value, fmt)
+
     keys = list(dict.fromkeys((r.teacher, r.variant) for r in results))
     for teacher, variant in keys:
         runs = [r for r in results if (r.teacher, r.variant) == (teacher, variant)]
-        ratios = [r.train_seconds / gs[(teacher, r.seed)].train_seconds for r in runs if (teacher, r.seed) in gs]
-        ratio = sum(ratios) / len(ratios) if ratios else math.nan
-        lines.append(f"| {teacher} | {variant} | {sum(r.l1 for r in runs) / len(runs):.4f} | "
-                     f"{sum(r.fd for r in runs) / len(runs):.4g} | "
-                     f"{sum(r.train_seconds for r in runs) / len(runs):.1f} | {ratio:.2f}x |")
+        pairs = [(r, gs[(teacher, r.seed)]) for r in runs if (teacher, r.seed) in gs]
+        ratio = mean([r.train_seconds / g.train_seconds for r, g in pairs])
+        total = mean([(r.teacher_seconds + r.train_seconds) / (g.teacher_seconds + g.train_seconds) for r, g in pairs])
+        lines.append(f"| {teacher} | {variant} | {mean([r.l1 for r in runs]):.4f} | {mean([r.fd for r in runs]):.4g} | "
+                     f"{shown(mean([r.teacher_seconds for r in runs]), '.1f')} | "
+                     f"{mean([r.train_seconds for r in runs]):.1f} | {ratio:.2f}x | {shown(total, '.2f')}"
+                     f"{'' if math.isnan(total) else 'x'} |")
     return "\n".join(lines)
 
 
@@ -152,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the training recipe every variant starts from (default: paper)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the recipe's)")
-    ap.add_argument("--train-size", type=int, default=1400)
+    ap.add_argument("--train-size", type=int, default=None,
+                    help="teacher samples for training, for every variant (default: the recipe's per mode)")
     ap.add_argument("--heldout", type=int, default=8192, help="held-out samples (the FD's and L1's)")
     ap.add_argument("--exact-steps", type=int, default=512)
     ap.add_argument("--exact-cache", type=Path, default=None,
@@ -167,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         args.variants = [v.strip() for v in args.variants.split(";") if v.strip()]
         args.iters = args.iters or RECIPES[args.recipe]["iters"]
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; NFE {args.nfe}, iters {args.iters}, "
-              f"train {args.train_size}, held-out {args.heldout} vs exact ODE, seeds {args.seeds}", flush=True)
+              f"train {args.train_size or 'per the recipe'}, held-out {args.heldout} vs exact ODE, seeds {args.seeds}",
+              flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             results = run(args, Path(tmp))
     print(format_table(results))

@@ -349,7 +349,7 @@ def run_config(root: Path, teacher: str, setting: str, nfe: int, seed: int, args
 
 def teacher_key(config: DistillConfig) -> tuple[Any, ...]:
     """What decides a run's teacher samples and their cost (runs with the same key share one generation)."""
-    return (config.seed, config.train_size, config.val_size, config.teacher, config.resolved_teacher_steps,
+    return (config.seed, config.training_samples, config.val_size, config.teacher, config.resolved_teacher_steps,
             config.teacher_grid, config.teacher_order, config.state_loss > 0 and config.state_points)
 
 

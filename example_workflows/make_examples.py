@@ -287,7 +287,7 @@ def train() -> Graph:
     g.link(ckpt, 1, lora, "clip")
     trainer = g.add("GASTrainSolver", (720, 0), (360, 720),
                     ["", "", CFG, SIZE, SIZE, str(NFE), "gas", 0, SEED, "fixed", "sd15-my-lora", False,
-                     0, 4, 0.0, 1400, 128, 100, 0.0, 0, RECIPE],
+                     0, 4, 0.0, 0, 128, 100, 0.0, 0, RECIPE],
                     inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")],
                     outputs=[("solver", "COMBO"), ("preview", "IMAGE"), ("report", "STRING")])
     g.link(lora, 0, trainer, "model")

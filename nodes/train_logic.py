@@ -21,7 +21,8 @@ _BAD_NAME = '/\\:*?"<>|'
 RECIPE_NAMES = ("paper", "tuned")
 DEFAULT_RECIPE = "tuned"
 #: The trainer's parameter names that are other input names on this node (its messages name its parameters).
-NODE_NAMES = {"iters": "iterations", "lr": "learning_rate", "name": "solver_name", "ckpt_every": "checkpoint_every"}
+NODE_NAMES = {"iters": "iterations", "lr": "learning_rate", "name": "solver_name", "ckpt_every": "checkpoint_every",
+              "gas_train_size": "train_size"}
 
 
 def node_configs(config_module: Any, recipe: str, nfes: Sequence[int], *, learning_rate: float = 0.0,
@@ -35,6 +36,12 @@ def node_configs(config_module: Any, recipe: str, nfes: Sequence[int], *, learni
     iters = int(iterations) or int(config_module.RECIPES[recipe]["iters"])
     schedule = {"iters": iters, "eval_every": max(500, iters), "log_every": max(1, min(100, iters // 10))}
     return [config_module.DistillConfig.from_recipe(recipe, nfe=n, **rate, **schedule, **fields) for n in nfes]
+
+
+def sample_counts(train_size: int) -> dict[str, int]:
+    """The trainer's sample-count fields of the node's ``train_size``: 0 keeps the recipe's (which may train GAS
+    mode on more samples than GS), any other count is the count of either mode."""
+    return {"train_size": int(train_size), "gas_train_size": 0} if train_size else {}
 
 
 def parse_nfe(text: str) -> list[int]:

@@ -129,8 +129,9 @@ class GASTrainSolver(io.ComfyNode):
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-4, round=1e-7,
                                optional=True, tooltip="Adam learning rate of the solver (0 = the recipe's: 0.001 "
                                                       "paper, 0.005 tuned)."),
-                io.Int.Input("train_size", default=1400, min=1, max=1_000_000, optional=True,
-                             tooltip="Teacher samples for training."),
+                io.Int.Input("train_size", default=0, min=0, max=1_000_000, optional=True,
+                             tooltip="Teacher samples for training (0 = the recipe's: 1400, or 5600 in gas mode "
+                                     "with the tuned recipe)."),
                 io.Int.Input("val_size", default=128, min=1, max=100_000, optional=True,
                              tooltip="Held-out teacher samples for the scores."),
                 io.Int.Input("checkpoint_every", default=100, min=1, max=1_000_000, optional=True,
@@ -152,7 +153,8 @@ class GASTrainSolver(io.ComfyNode):
                                tooltip="Training recipe the other settings start from: paper (the GAS paper's SD "
                                        "recipe) or tuned (5x learning rate with cosine decay, a robust loss, a "
                                        "loss on the intermediate states, a 32-step teacher and 1800 iterations; "
-                                       "in gas mode a lighter, lazier discriminator); see the trainer README."),
+                                       "in gas mode a lighter, lazier discriminator and 4x the teacher samples); "
+                                       "see the trainer README."),
             ],
             outputs=[
                 io.Custom("COMBO").Output(display_name="solver",
@@ -183,7 +185,7 @@ class GASTrainSolver(io.ComfyNode):
     def execute(cls, model: Any, prompts: str, negative: str, cfg: float, width: int, height: int,
                 nfe: str, mode: str, iterations: int, seed: int, solver_name: str, overwrite: bool, clip: Any = None,
                 vae: Any = None, teacher_steps: int = 0, batch: int = 4, learning_rate: float = 0.0,
-                train_size: int = 1400, val_size: int = 128, checkpoint_every: int = 100, conditioning: Any = None,
+                train_size: int = 0, val_size: int = 128, checkpoint_every: int = 100, conditioning: Any = None,
                 negative_conditioning: Any = None, guidance: float = 0.0, frames: int = 0,
                 recipe: str = train_logic.DEFAULT_RECIPE) -> io.NodeOutput:
         t = _trainer.load()
@@ -201,7 +203,8 @@ class GASTrainSolver(io.ComfyNode):
                                      "it empty to use the built-in prompt set")
         configs = train_logic.node_configs(
             t["config"], recipe, nfes, learning_rate=learning_rate, iterations=iterations, mode=mode, seed=seed,
-            train_size=train_size, val_size=val_size, batch=batch, teacher_steps=teacher_steps or None,
+            **train_logic.sample_counts(train_size), val_size=val_size, batch=batch,
+            teacher_steps=teacher_steps or None,
             out_dir=_solver_dir(), name=name, overwrite=overwrite, ckpt_every=checkpoint_every,
             grid_samples=min(PREVIEW_SAMPLES, val_size), disc_preset="paper")
         try:

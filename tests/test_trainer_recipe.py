@@ -286,6 +286,13 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
                    "--exact-steps", "16", "--variants", "GS;GAS small, R1 every 16, D every 4, 1 block"])
     out = capsys.readouterr().out
     assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
+    assert out.count("| 8 samples |") == 2 and "teacher + train / GS" in out and "| 1.00x | 1.00x |" in out
+    # runs saved before the teacher was timed load with no teacher time ("-"), the train ratio as before
+    old = tmp_path / "old.jsonl"
+    old.write_text('{"teacher": "demo", "variant": "GS", "seed": 0, "l1": 0.01, "fd": 0.001, "train_seconds": 30}\n'
+                   '{"teacher": "demo", "variant": "GAS", "seed": 0, "l1": 0.01, "fd": 0.001, "train_seconds": 45}\n')
+    gas_cost.main(["--load", str(old)])
+    assert "| demo | GAS | 0.0100 | 0.001 | - | 45.0 | 1.50x | - |" in capsys.readouterr().out
 
 
 def test_the_tuned_recipe_is_the_paper_with_a_5x_cosine_rate_cauchy_and_state_losses_32_step_teacher_1800_iters():
@@ -299,14 +306,15 @@ def test_the_tuned_recipe_is_the_paper_with_a_5x_cosine_rate_cauchy_and_state_lo
     assert DistillConfig.from_recipe("tuned", teacher="ipndm-gits", nfe=6).resolved_teacher_steps == 7
     changed = {k for k, v in tuned.to_dict().items() if paper.to_dict()[k] != v}
     assert changed == {"iters", "lr", "lr_schedule", "loss_reduce", "cauchy_scale", "state_loss", "state_anneal",
-                       "dpmpp3m_steps", "disc_weight", "r1_every", "disc_every"}
+                       "dpmpp3m_steps", "disc_weight", "r1_every", "disc_every", "gas_train_size"}
     args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "tuned"])
     from_cli = cli.config_from_args(args)
     assert (from_cli.lr, from_cli.state_loss, from_cli.resolved_teacher_steps, from_cli.iters) == (5e-3, 1.0, 32, 1800)
     paper_cli = cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x", "--recipe", "paper"]))
     assert (paper_cli.lr, paper_cli.resolved_teacher_steps, paper_cli.iters) == (1e-3, 64, 2000)
     # the bench row that measured it (at --iters 2000, the paper's length): its GS settings are the recipe's
-    gs_changes = {k: v for k, v in RECIPES["tuned"].items() if k in changed and not k.startswith(("disc", "r1"))}
+    gs_changes = {k: v for k, v in RECIPES["tuned"].items()
+                  if k in changed and not k.startswith(("disc", "r1", "gas"))}
     assert bench.SETTINGS["tuned+iters x0.9"](2000) == gs_changes
     # the rows before it: the same at the paper's length; with the paper's teacher and a 3x rate, no state loss
     at_2000 = {k: v for k, v in gs_changes.items() if k != "iters"}
@@ -320,9 +328,47 @@ def test_the_tuned_recipe_is_the_paper_with_a_5x_cosine_rate_cauchy_and_state_lo
     lever = bench.SETTINGS["lr 3e-3+cosine+cauchy 10 loss+teacher 32+train 2800"](2000)
     before = DistillConfig.from_recipe("tuned", iters=2000, lr=3e-3, dpmpp3m_steps=64, teacher_steps=32,
                                        train_size=2800, state_loss=0.0, state_anneal="none").to_dict()
-    gs_part = {k: v for k, v in before.items() if not k.startswith(("disc", "r1"))}
+    gs_part = {k: v for k, v in before.items() if not k.startswith(("disc", "r1", "gas"))}
     assert gs_part == {k: v for k, v in DistillConfig.from_recipe("paper", **lever).to_dict().items()
-                       if not k.startswith(("disc", "r1"))}
+                       if not k.startswith(("disc", "r1", "gas"))}
+
+
+def test_tuned_gas_mode_trains_on_4x_the_samples_and_an_explicit_count_applies_to_both_modes(tmp_path):
+    """``gas_train_size``: the tuned recipe's GAS mode trains on 5600 teacher samples (GS on 1400); the trainer's
+    batches, its teacher data and the written metadata follow the count the mode uses; ``--train-size`` alone is the
+    count of both modes, ``--gas-train-size`` sets GAS mode's; a resume compares the count used."""
+    from trainer.batches import batch_indices
+    from trainer.checkpointing import check_compatible
+
+    gas, gs = DistillConfig.from_recipe("tuned", mode="gas"), DistillConfig.from_recipe("tuned", mode="gs")
+    assert (gas.training_samples, gs.training_samples) == (5600, 1400)
+    assert DistillConfig.from_recipe("paper").training_samples == 1400
+    assert DistillConfig.from_recipe("tuned", gas_train_size=0).training_samples == 1400
+    # the epoch is a permutation of the count used: every index below it, none above
+    small = DistillConfig.from_recipe("tuned", mode="gas", train_size=4, gas_train_size=12, batch=4)
+    seen = {i for step in range(1, 4) for i in batch_indices(small, step)}
+    assert seen == set(range(12))
+    with pytest.raises(ConfigError, match="gas_train_size"):
+        DistillConfig.from_recipe("tuned", mode="gas", gas_train_size=2, batch=4).validate()
+    with pytest.raises(ConfigError, match="gas_train_size"):
+        DistillConfig.from_recipe("tuned", gas_train_size=-1).validate()
+
+    def parsed(*argv: str) -> DistillConfig:
+        return cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x", *argv]))
+
+    assert (parsed().train_size, parsed().gas_train_size, parsed().training_samples) == (1400, 5600, 5600)
+    assert parsed("--mode", "gs").training_samples == 1400
+    assert parsed("--train-size", "3000").training_samples == 3000
+    assert parsed("--train-size", "3000", "--mode", "gs").training_samples == 3000
+    assert parsed("--train-size", "3000", "--gas-train-size", "9000").training_samples == 9000
+    assert parsed("--gas-train-size", "0").training_samples == 1400
+    assert parsed("--recipe", "paper").training_samples == 1400
+    # resume: a GS state does not care for GAS mode's count; a GAS state does
+    path = tmp_path / "state.pt"
+    check_compatible(gs.to_dict(), {**gs.to_dict(), "gas_train_size": 0}, "k", "k", path)
+    check_compatible(gas.to_dict(), {**gas.to_dict(), "train_size": 999}, "k", "k", path)
+    with pytest.raises(ResumeError, match="train_size=5600 but this run has train_size=1400"):
+        check_compatible(gas.to_dict(), {**gas.to_dict(), "gas_train_size": 0}, "k", "k", path)
 
 
 def test_log_loss_reduction_weighs_each_sample_by_its_relative_error(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Which samples iteration ``k`` trains on: a pure function of (seed, k), so a resumed run sees the same batches.
 
-Epoch ``e`` is a permutation of the training indices seeded by (seed, e), cut into ``train_size // batch`` batches
-(the remainder is dropped); the discriminator's fake batch starts from fresh noise seeded by (seed, k). Under
+Epoch ``e`` is a permutation of the training indices seeded by (seed, e), cut into ``training_samples // batch``
+batches (the remainder is dropped); the discriminator's fake batch starts from fresh noise seeded by (seed, k). Under
 torchrun rank ``r`` takes its contiguous share of the global batch and of that noise.
 """
 
@@ -23,10 +23,10 @@ __all__ = ["Batch", "batch_indices", "fake_noise", "training_batch"]
 
 def batch_indices(config: DistillConfig, step: int) -> list[int]:
     """Training indices of iteration ``step`` (1-based): epoch ``e`` is a permutation seeded by (seed, e), cut into
-    ``train_size // batch`` batches (remainder dropped). A pure function of (config, step)."""
-    per_epoch = config.train_size // config.batch
+    ``training_samples // batch`` batches (remainder dropped). A pure function of (config, step)."""
+    per_epoch = config.training_samples // config.batch
     epoch, pos = divmod(step - 1, per_epoch)
-    perm = torch.randperm(config.train_size, generator=torch.Generator().manual_seed(
+    perm = torch.randperm(config.training_samples, generator=torch.Generator().manual_seed(
         derive_seed(config.seed, "order", epoch)))
     return perm[pos * config.batch:(pos + 1) * config.batch].tolist()
 

@@ -57,9 +57,17 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
+def _with_training_samples(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``train_size`` the count the run trains on (GAS mode's ``gas_train_size`` where set), so that
+    a resume compares the samples used, not the unused mode's setting."""
+    gas_size = config.get("gas_train_size") or 0
+    return {**config, "train_size": gas_size} if config.get("mode") == "gas" and gas_size > 0 else config
+
+
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], saved_key: str, current_key: str,
                      path: Path) -> None:
     """Refuse to resume a state trained with other settings (one sentence naming the first difference)."""
+    saved, current = _with_training_samples(saved), _with_training_samples(current)
     for key in RESUME_KEYS:
         a, b = saved.get(key, RESUME_KEY_DEFAULTS.get(key)), current.get(key)
         if isinstance(a, tuple):

@@ -153,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "SD recipe; tuned: the recipe bench's best, see the trainer README) (default: "
                            f"{DEFAULT_RECIPE})")
     data.add_argument("--train-size", type=int, default=None,
-                      help=f"teacher samples for training (default: {_D.train_size}{demo('train_size')})")
+                      help=f"teacher samples for training, in both modes when given (default: {_D.train_size}; in "
+                           f"gas mode the recipe's --gas-train-size where it sets one)")
+    data.add_argument("--gas-train-size", type=int, default=None,
+                      help=f"teacher samples for training in gas mode, 0 = --train-size (default: the recipe's: "
+                           f"{_D.gas_train_size} {DEFAULT_RECIPE}, 0 paper, or 0 when --train-size is given)")
     data.add_argument("--val-size", type=int, default=None,
                       help=f"held-out samples for evaluation (default: {_D.val_size}{demo('val_size')})")
     data.add_argument("--batch", type=int, default=None,
@@ -320,9 +324,15 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
             return value
         return base.get(key, getattr(_D, key))
 
+    # an explicit --train-size is the count of both modes unless --gas-train-size is given too
+    gas_train_size = args.gas_train_size if args.gas_train_size is not None else \
+        0 if args.train_size is not None else pick(None, "gas_train_size")
+
     return DistillConfig.from_recipe(
         args.recipe, nfe=args.nfe[0], mode=args.mode or "gas", seed=args.seed,
-        train_size=pick(args.train_size, "train_size"), val_size=pick(args.val_size, "val_size"),
+        train_size=pick(args.train_size, "train_size"),
+        gas_train_size=gas_train_size,
+        val_size=pick(args.val_size, "val_size"),
         batch=pick(args.batch, "batch"), iters=pick(args.iters, "iters"), lr=pick(args.lr, "lr"),
         grad_clip=pick(args.grad_clip, "grad_clip"), ema=pick(args.ema, "ema"),
         lr_schedule=pick(args.lr_schedule, "lr_schedule"), lr_warmup=pick(args.lr_warmup, "lr_warmup"),

@@ -220,7 +220,7 @@ def write_multi_report(problem: DistillProblem, config: DistillConfig, paths: Mu
     teachers = sorted({results[n].teacher for n in nfes})
     info = {"model": problem.description or problem.name, "solver file": paths.solver.name, "mode": label,
             "NFEs": ", ".join(str(n) for n in nfes), "teacher": "; ".join(teachers),
-            "iterations": f"{config.iters} per NFE (batch {config.batch}, {config.train_size} training samples)",
+            "iterations": f"{config.iters} per NFE (batch {config.batch}, {config.training_samples} training samples)",
             "held-out samples": first.scores["n"],
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return write_markdown(paths.report, f"GAS solvers {paths.stem}", sections, info), grid_path

@@ -129,7 +129,7 @@ def solver_metadata(problem: DistillProblem, config: DistillConfig, spec: Teache
         "loss": loss_description(config),
         "iterations": config.iters,
         "batch": config.batch,
-        "train_size": config.train_size,
+        "train_size": config.training_samples,
         "seed": config.seed,
         "decoupled": problem.decoupled,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -167,7 +167,7 @@ def write_report(problem: DistillProblem, config: DistillConfig, paths: OutputPa
                                     f"\n\n![samples]({grid_path.name})"))
     info = {"model": problem.description or problem.name, "solver file": paths.solver.name, "mode": label,
             "NFE": config.nfe, "teacher": spec.describe(), "loss": loss_description(config),
-            "iterations": f"{config.iters} (batch {config.batch}, {config.train_size} training samples, "
+            "iterations": f"{config.iters} (batch {config.batch}, {config.training_samples} training samples, "
                           f"training took {train_seconds:.0f} s)",
             "held-out samples": scores["n"], "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     report = write_markdown(paths.report, f"GAS solver {paths.stem}", sections, info)

@@ -132,7 +132,7 @@ def make_teacher_spec(problem: DistillProblem, config: DistillConfig) -> Teacher
                         "searching a GITS-style grid instead", steps, s0, s_end)
     if sigmas is None:
         grid = "GITS-style searched"
-        idx = list(range(min(GITS_WARMUP, config.train_size)))
+        idx = list(range(min(GITS_WARMUP, config.training_samples)))
         noise = sample_noise(idx, problem.latent_shape, config.seed).to(problem.device)
         x = problem.schedule.initial_state(noise, s0).to(problem.dtype)
         sigmas = search_gits_sigmas(problem.denoiser, problem.schedule, x, problem.conditions(idx), s0, s_end, steps)

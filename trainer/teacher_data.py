@@ -111,14 +111,14 @@ def load_teacher(problem: DistillProblem, config: DistillConfig, autocast: Autoc
 
     if dist.is_main:
         log.info("teacher: %s", spec.describe())
-    train_idx = list(range(config.train_size))
+    train_idx = list(range(config.training_samples))
     val_idx = [VALIDATION_OFFSET + j for j in range(config.val_size)]
     def phase(desc: str) -> dict[str, Any]:  # on_progress(desc, done, total) and should_stop for one cache.get
         report = (lambda done, total: on_progress(desc, done, total)) if on_progress is not None else None
         return {"desc": desc, "report": report, "should_stop": should_stop}
 
     # a trajectory cache larger than TRAJECTORY_MEMORY_BYTES stays in its shards, read a batch at a time
-    in_memory = keep is None or trajectory_bytes(config.train_size, cache.target_shape) <= TRAJECTORY_MEMORY_BYTES
+    in_memory = keep is None or trajectory_bytes(config.training_samples, cache.target_shape) <= TRAJECTORY_MEMORY_BYTES
     train_noise, train_lat = cache.get(train_idx, lambda indices: generate(indices, keep),
                                        batch=config.teacher_batch, progress=progress, dist=dist,
                                        in_memory=in_memory, **phase("teacher (train)"))
