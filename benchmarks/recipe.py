@@ -213,6 +213,9 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     # ... in fewer iterations (its cosine decay follows the shorter run): the wall time against its quality
     "tuned+iters x0.9": lambda iters: {**_TUNED_5X, "iters": round(0.9 * iters)},
     "tuned+iters x0.85": lambda iters: {**_TUNED_5X, "iters": round(0.85 * iters)},
+    # ... with more distinct training samples (the teacher's cost grows with them; the iterations do not)
+    "tuned+iters x0.9+train 2100": lambda iters: {**_TUNED_5X, "iters": round(0.9 * iters), "train_size": 2100},
+    "tuned+iters x0.9+train 2800": lambda iters: {**_TUNED_5X, "iters": round(0.9 * iters), "train_size": 2800},
     "tuned+teacher 32+train 2100": lambda iters: {**_TUNED_STATE, "teacher_steps": 32, "train_size": 2100},
     # the same samples in half the optimiser steps: twice the batch for half the iterations (the same model calls in
     # training on a real model; on this bench, whose per-iteration cost is mostly overhead, about half the time)
@@ -263,6 +266,9 @@ class RunResult:
     sigmas: list[float] = field(default_factory=list)
     #: With ``--exact-stability``: the bench held-out L1 against the exact ODE of the EMA solver at 80% of training.
     exact_l1_at_80: float = math.nan
+    #: With ``--exact-curve K``: ``(iteration, bench held-out L1 against the exact ODE)`` of the EMA solver at every
+    #: K-th of training and at 80%, then the end (what the PNG draws instead of the trainer's own check).
+    exact_curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def stable(self) -> bool:
@@ -353,11 +359,11 @@ def teacher_key(config: DistillConfig) -> tuple[Any, ...]:
             config.teacher_grid, config.teacher_order, config.state_loss > 0 and config.state_points)
 
 
-def _train_to_80(problem: DistillProblem, config: DistillConfig, callback: Callable[[int, dict[str, float]], None],
-                 ref: HeldOut) -> float:
-    """Train ``config`` to 80% of its iterations and stop there (the trainer saves its state; resuming it gives the
-    uninterrupted run bit for bit); the bench held-out L1 of the EMA solver at that point."""
-    stop_at = round((1 - STABLE_TAIL) * config.iters)
+def _train_to(problem: DistillProblem, config: DistillConfig, callback: Callable[[int, dict[str, float]], None],
+              ref: HeldOut, stop_at: int) -> float:
+    """Train ``config`` (from the start, or with ``resume`` from its saved state) to iteration ``stop_at`` and stop
+    there (the trainer saves its state; resuming it gives the uninterrupted run bit for bit); the bench held-out L1 of
+    the EMA solver at that point."""
     seen: list[int] = []
 
     def note(step: int, stats: dict[str, float]) -> None:
@@ -374,6 +380,15 @@ def _train_to_80(problem: DistillProblem, config: DistillConfig, callback: Calla
     if run.step != stop_at:
         raise RuntimeError(f"stopped at iteration {run.step}, not {stop_at}")
     return float((ref.sample(problem, run.ema_solver()) - ref.exact).abs().flatten(1).mean(1).double().mean())
+
+
+def exact_stops(iters: int, args: argparse.Namespace) -> list[int]:
+    """Where a run stops to score its EMA solver against the exact ODE: at 80% of ``iters`` with
+    ``--exact-stability`` or ``--exact-curve K``, and with the latter also at every K-th of them."""
+    if not (args.exact_stability or args.exact_curve):
+        return []
+    curve = {round(i * iters / args.exact_curve) for i in range(1, args.exact_curve)} if args.exact_curve else set()
+    return sorted((curve | {round((1 - STABLE_TAIL) * iters)}) - {0, iters})
 
 
 def warm_up(root: Path) -> None:
@@ -417,13 +432,17 @@ def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResu
                         if "val_l1" in stats:
                             curve.append((step, stats["val_l1"]))
 
-                    at_80 = math.nan
+                    at_80, exact_curve, stops = math.nan, [], exact_stops(cfg.iters, args)
                     t0 = time.perf_counter()
-                    if args.exact_stability:  # stop at 80%, score that EMA solver, resume (exact) to the end
-                        cfg, at_80 = replace(cfg, ckpt_every=cfg.iters), _train_to_80(problem, cfg, collect, ref)
+                    if stops:  # stop at 80% (and the curve's points), score that EMA solver, resume (exact) to the end
+                        cfg = replace(cfg, ckpt_every=cfg.iters)
+                        for n, stop in enumerate(stops):
+                            exact_curve.append((stop, _train_to(problem, replace(cfg, resume=n > 0), collect, ref,
+                                                                stop)))
+                        at_80 = dict(exact_curve)[round((1 - STABLE_TAIL) * cfg.iters)]
                         cfg = replace(cfg, resume=True)
                     res = distill(problem, cfg, progress=False, callback=collect)
-                    train_s = res.train_seconds if not args.exact_stability else time.perf_counter() - t0
+                    train_s = res.train_seconds if not stops else time.perf_counter() - t0
                     curve.append((cfg.iters, float(res.scores["methods"][res.label]["l1"])))
                     per_sample = (ref.sample(problem, res.solver) - ref.exact).abs().flatten(1).mean(1).double()
                     top = per_sample.sort(descending=True).values[:max(1, len(per_sample) // 10)]
@@ -431,7 +450,8 @@ def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResu
                                   train_s, curve, float(per_sample.median()),
                                   float(top.sum() / per_sample.sum()),
                                   [round(float(v), 4) for v in res.solver.sigmas(problem.schedule).detach()],
-                                  at_80)
+                                  at_80, [*exact_curve, (cfg.iters, float(per_sample.mean()))] if args.exact_curve
+                                  else [])
                     results.append(r)
                     if on_result is not None:
                         on_result(r)
@@ -509,11 +529,11 @@ def draw_curves(results: list[RunResult], path: Path) -> None:
     for k, (teacher, nfe) in enumerate(panels):
         ox, oy = (k % cols) * pw, (k // cols) * ph
         curves: dict[str, list[tuple[int, float]]] = {}
-        for s in settings:
-            runs = [r.curve for r in results if (r.teacher, r.nfe, r.setting) == (teacher, nfe, s)]
+        for s in settings:  # the exact curve where measured, else the trainer's check after iteration 1 (untrained)
+            runs = [r.exact_curve or r.curve[1:] for r in results if (r.teacher, r.nfe, r.setting) == (teacher, nfe, s)]
             if runs:
                 curves[s] = [(runs[0][i][0], sum(c[i][1] for c in runs) / len(runs)) for i in range(len(runs[0]))]
-        pts = [p for c in curves.values() for p in c[1:]]  # skip iteration 1 (untrained) for the axis range
+        pts = [p for c in curves.values() for p in c]
         if not pts:
             continue
         x_max = max(p[0] for p in pts)
@@ -531,8 +551,8 @@ def draw_curves(results: list[RunResult], path: Path) -> None:
         draw.text((ox + 4, oy + ph - pad - 10), f"{10 ** lo:.3g}", fill="black")
         draw.text((ox + pw - pad, oy + ph - pad + 5), str(x_max), fill="black")
         for j, s in enumerate(settings):
-            if s in curves and len(curves[s]) > 2:
-                draw.line([to_px(*p) for p in curves[s][1:]], fill=colours[j % len(colours)], width=2)
+            if s in curves and len(curves[s]) > 1:
+                draw.line([to_px(*p) for p in curves[s]], fill=colours[j % len(colours)], width=2)
     for j, s in enumerate(settings):
         y = rows_n * ph + 5 + 20 * j
         draw.line([(10, y + 7), (40, y + 7)], fill=colours[j % len(colours)], width=3)
@@ -550,6 +570,7 @@ def load_results(paths: list[Path]) -> list[RunResult]:
             if line.strip():
                 data = json.loads(line)
                 data["curve"] = [tuple(p) for p in data["curve"]]
+                data["exact_curve"] = [tuple(p) for p in data.get("exact_curve", [])]
                 out.append(RunResult(**{k: v for k, v in data.items() if k in names}))
     return out
 
@@ -576,6 +597,9 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
                     help="judge stability on the bench held-out set against the exact ODE: each run stops at 80%% "
                          "of its iterations, scores that EMA solver, then resumes to the end (the same solver as "
                          "without; its train seconds then include the stop and the score)")
+    ap.add_argument("--exact-curve", type=int, default=0, metavar="K",
+                    help="as --exact-stability, and also stop at every K-th of the iterations to score the EMA solver "
+                         "against the exact ODE: the curves the PNG draws (default: 0, the trainer's own check)")
     ap.add_argument("--png", type=Path, default=None, help="write the held-out L1 curves here")
     ap.add_argument("--json", type=Path, default=None, help="write every run's numbers here (JSON lines)")
     ap.add_argument("--load", type=Path, nargs="+", default=None,

@@ -189,6 +189,13 @@ def test_exact_stability_stops_at_80_percent_and_resumes_to_the_same_solver(tmp_
     assert [r.curve for r in checked] == [r.curve for r in plain]
     assert math.isnan(plain[0].exact_l1_at_80) and math.isfinite(checked[0].exact_l1_at_80)
     assert checked[0].exact_l1_at_80 != checked[0].heldout_l1  # the solver of iteration 16, not the last
+    # --exact-curve 5: also stops at iterations 4, 8 and 12; the same solvers, the curve the PNG draws
+    curved = bench.main([*common, "--exact-curve", "5", "--png", str(tmp_path / "c.png")])
+    assert [r.heldout_l1 for r in curved] == [r.heldout_l1 for r in plain]
+    assert [r.curve for r in curved] == [r.curve for r in plain]
+    assert [step for step, _ in curved[0].exact_curve] == [4, 8, 12, 16, 20]
+    assert dict(curved[0].exact_curve)[16] == checked[0].exact_l1_at_80 == curved[0].exact_l1_at_80
+    assert curved[0].exact_curve[-1][1] == curved[0].heldout_l1 and (tmp_path / "c.png").stat().st_size > 0
 
 
 def test_a_recipe_sets_what_the_command_line_leaves_out(monkeypatch):
