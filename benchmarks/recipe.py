@@ -213,6 +213,9 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
     # ... in fewer iterations (its cosine decay follows the shorter run): the wall time against its quality
     "tuned+iters x0.9": lambda iters: {**_TUNED_5X, "iters": round(0.9 * iters)},
     "tuned+iters x0.85": lambda iters: {**_TUNED_5X, "iters": round(0.85 * iters)},
+    # ... with more distinct training samples (the teacher's cost grows with them; the iterations do not)
+    "tuned+iters x0.9+train 2100": lambda iters: {**_TUNED_5X, "iters": round(0.9 * iters), "train_size": 2100},
+    "tuned+iters x0.9+train 2800": lambda iters: {**_TUNED_5X, "iters": round(0.9 * iters), "train_size": 2800},
     "tuned+teacher 32+train 2100": lambda iters: {**_TUNED_STATE, "teacher_steps": 32, "train_size": 2100},
     # the same samples in half the optimiser steps: twice the batch for half the iterations (the same model calls in
     # training on a real model; on this bench, whose per-iteration cost is mostly overhead, about half the time)
