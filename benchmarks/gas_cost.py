@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
         problem = TEACHERS[teacher]()
         ref = held_out(problem, args.heldout, args.exact_steps, args.exact_cache)
         exact_features = pooled_features(ref.exact)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             teacher_s: dict[tuple[Any, ...], float] = {}  # per training set, generated in a cache folder of its own
             for variant in args.variants:
                 cfg = DistillConfig.from_recipe(args.recipe, **{
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
                     help="the training recipe every variant starts from (default: paper)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="the first training seed (to add seeds to a saved run)")
     ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the recipe's)")
     ap.add_argument("--train-size", type=int, default=None,
                     help="teacher samples for training, for every variant (default: the recipe's per mode)")

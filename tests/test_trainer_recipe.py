@@ -289,9 +289,11 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
     assert gas_cost.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-9)
     assert gas_cost.frechet_distance(f, f + 0.5) == pytest.approx(0.25 * f.shape[1], rel=1e-6)
     assert gas_cost.frechet_distance(f, 2 * f) > 0.1
-    gas_cost.main(["--teachers", "tiny", "--seeds", "1", "--iters", "3", "--train-size", "8", "--heldout", "16",
-                   "--exact-steps", "16", "--variants", "GS;GAS small, R1 every 16, D every 4, 1 block"])
+    gas_cost.main(["--teachers", "tiny", "--seeds", "1", "--first-seed", "4", "--iters", "3", "--train-size", "8",
+                   "--heldout", "16", "--exact-steps", "16",
+                   "--variants", "GS;GAS small, R1 every 16, D every 4, 1 block"])
     out = capsys.readouterr().out
+    assert out.count("| seed 4 |") == 2 and "| seed 0 |" not in out
     assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
     assert out.count("| 8 samples |") == 2 and "teacher + train / GS" in out and "| 1.00x | 1.00x |" in out
     # runs saved before the teacher was timed load with no teacher time ("-"), the train ratio as before
