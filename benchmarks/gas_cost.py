@@ -16,8 +16,8 @@ noises the training never sees, against the exact probability-flow ODE solution 
 * **teacher s**: the teacher's seconds for the variant's training set (each training set generated and timed once per
   teacher and seed, in a cache folder of its own), and (teacher + train) against GS's.
 
-Every variant trains on the recipe's samples (``tuned``: 1400 in GS mode, ``gas_train_size`` 5600 in GAS mode) unless
-``--train-size`` gives one count for all.
+Every variant trains on the recipe's samples (1400) unless ``--train-size`` gives one count for all;
+``--gas-train-size`` gives the GAS variants their own.
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
     warm_up(root)
     results: list[CostResult] = []
     counts = {} if args.train_size is None else {"train_size": args.train_size, "gas_train_size": 0}
+    if args.gas_train_size is not None:
+        counts["gas_train_size"] = args.gas_train_size
     for teacher in args.teachers:
         problem = TEACHERS[teacher]()
         ref = held_out(problem, args.heldout, args.exact_steps, args.exact_cache)
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the recipe's)")
     ap.add_argument("--train-size", type=int, default=None,
                     help="teacher samples for training, for every variant (default: the recipe's per mode)")
+    ap.add_argument("--gas-train-size", type=int, default=None,
+                    help="teacher samples for training of the GAS variants (default: the recipe's, or --train-size)")
     ap.add_argument("--heldout", type=int, default=8192, help="held-out samples (the FD's and L1's)")
     ap.add_argument("--exact-steps", type=int, default=512)
     ap.add_argument("--exact-cache", type=Path, default=None,

@@ -130,8 +130,7 @@ class GASTrainSolver(io.ComfyNode):
                                optional=True, tooltip="Adam learning rate of the solver (0 = the recipe's: 0.001 "
                                                       "paper, 0.005 tuned)."),
                 io.Int.Input("train_size", default=0, min=0, max=1_000_000, optional=True,
-                             tooltip="Teacher samples for training (0 = the recipe's: 1400, or 5600 in gas mode "
-                                     "with the tuned recipe)."),
+                             tooltip="Teacher samples for training (0 = the recipe's: 1400)."),
                 io.Int.Input("val_size", default=128, min=1, max=100_000, optional=True,
                              tooltip="Held-out teacher samples for the scores."),
                 io.Int.Input("checkpoint_every", default=100, min=1, max=1_000_000, optional=True,
@@ -153,8 +152,7 @@ class GASTrainSolver(io.ComfyNode):
                                tooltip="Training recipe the other settings start from: paper (the GAS paper's SD "
                                        "recipe) or tuned (5x learning rate with cosine decay, a robust loss, a "
                                        "loss on the intermediate states, a 32-step teacher and 1800 iterations; "
-                                       "in gas mode a lighter, lazier discriminator and 4x the teacher samples); "
-                                       "see the trainer README."),
+                                       "in gas mode a lighter, lazier discriminator); see the trainer README."),
             ],
             outputs=[
                 io.Custom("COMBO").Output(display_name="solver",

@@ -90,7 +90,7 @@ def test_inference_weights_become_usable_by_autograd() -> None:
     assert own_inference_tensors(layer) == 0
 
 
-def test_the_node_recipes_are_the_trainers_and_its_configs_start_from_the_chosen_one() -> None:
+def test_the_node_recipes_are_the_trainers_and_its_configs_start_from_the_chosen_one(monkeypatch) -> None:
     from trainer import config
 
     assert train_logic.RECIPE_NAMES == tuple(config.RECIPES)
@@ -109,8 +109,10 @@ def test_the_node_recipes_are_the_trainers_and_its_configs_start_from_the_chosen
     assert paper[0] == config.DistillConfig(lr=2e-3, eval_every=2000, log_every=100)
     with pytest.raises(logic.GASNodeError, match="recipe must be one of paper, tuned, got 'fast'"):
         train_logic.node_configs(config, "fast", [4])
-    # train_size 0: the recipe's counts (tuned GAS mode on 4x GS's samples); any other count is both modes'
-    counts = {(size, mode): train_logic.node_configs(config, "tuned", [4], mode=mode,
+    # train_size 0: the recipe's counts; any other count is both modes' (a recipe's GAS count included)
+    monkeypatch.setitem(config.RECIPES, "more", {**config.RECIPES["tuned"], "gas_train_size": 5600})
+    counts = {(size, mode): train_logic.node_configs(config, "more", [4], mode=mode,
                                                      **train_logic.sample_counts(size))[0].training_samples
               for size in (0, 300) for mode in ("gs", "gas")}
     assert counts == {(0, "gs"): 1400, (0, "gas"): 5600, (300, "gs"): 300, (300, "gas"): 300}
+    assert train_logic.node_configs(config, "tuned", [4], mode="gas")[0].training_samples == 1400

@@ -290,12 +290,14 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
     assert gas_cost.frechet_distance(f, f + 0.5) == pytest.approx(0.25 * f.shape[1], rel=1e-6)
     assert gas_cost.frechet_distance(f, 2 * f) > 0.1
     gas_cost.main(["--teachers", "tiny", "--seeds", "1", "--first-seed", "4", "--iters", "3", "--train-size", "8",
-                   "--heldout", "16", "--exact-steps", "16",
+                   "--gas-train-size", "12", "--heldout", "16", "--exact-steps", "16",
                    "--variants", "GS;GAS small, R1 every 16, D every 4, 1 block"])
     out = capsys.readouterr().out
     assert out.count("| seed 4 |") == 2 and "| seed 0 |" not in out
     assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
-    assert out.count("| 8 samples |") == 2 and "teacher + train / GS" in out and "| 1.00x | 1.00x |" in out
+    assert "| GS | seed 4 | 8 samples |" in out  # and GAS mode's own count
+    assert "| GAS small, R1 every 16, D every 4, 1 block | seed 4 | 12 samples |" in out
+    assert "teacher + train / GS" in out and "| 1.00x | 1.00x |" in out
     # runs saved before the teacher was timed load with no teacher time ("-"), the train ratio as before
     old = tmp_path / "old.jsonl"
     old.write_text('{"teacher": "demo", "variant": "GS", "seed": 0, "l1": 0.01, "fd": 0.001, "train_seconds": 30}\n'
@@ -315,7 +317,7 @@ def test_the_tuned_recipe_is_the_paper_with_a_5x_cosine_rate_cauchy_and_state_lo
     assert DistillConfig.from_recipe("tuned", teacher="ipndm-gits", nfe=6).resolved_teacher_steps == 7
     changed = {k for k, v in tuned.to_dict().items() if paper.to_dict()[k] != v}
     assert changed == {"iters", "lr", "lr_schedule", "loss_reduce", "cauchy_scale", "state_loss", "state_anneal",
-                       "dpmpp3m_steps", "disc_weight", "r1_every", "disc_every", "gas_train_size"}
+                       "dpmpp3m_steps", "disc_weight", "r1_every", "disc_every"}
     args = cli.build_parser().parse_args(["--ckpt", "x.safetensors", "--recipe", "tuned"])
     from_cli = cli.config_from_args(args)
     assert (from_cli.lr, from_cli.state_loss, from_cli.resolved_teacher_steps, from_cli.iters) == (5e-3, 1.0, 32, 1800)
@@ -342,17 +344,18 @@ def test_the_tuned_recipe_is_the_paper_with_a_5x_cosine_rate_cauchy_and_state_lo
                        if not k.startswith(("disc", "r1", "gas"))}
 
 
-def test_tuned_gas_mode_trains_on_4x_the_samples_and_an_explicit_count_applies_to_both_modes(tmp_path):
-    """``gas_train_size``: the tuned recipe's GAS mode trains on 5600 teacher samples (GS on 1400); the trainer's
+def test_gas_train_size_sets_gas_modes_count_and_an_explicit_train_size_applies_to_both_modes(tmp_path):
+    """``gas_train_size`` (0 in both recipes): GAS mode's teacher samples instead of ``train_size``; the trainer's
     batches, its teacher data and the written metadata follow the count the mode uses; ``--train-size`` alone is the
     count of both modes, ``--gas-train-size`` sets GAS mode's; a resume compares the count used."""
     from trainer.batches import batch_indices
     from trainer.checkpointing import check_compatible
 
-    gas, gs = DistillConfig.from_recipe("tuned", mode="gas"), DistillConfig.from_recipe("tuned", mode="gs")
+    assert [DistillConfig.from_recipe(r, mode=m).training_samples for r in RECIPES for m in ("gs", "gas")] == \
+        [1400] * 2 * len(RECIPES)
+    gas = DistillConfig.from_recipe("tuned", mode="gas", gas_train_size=5600)
+    gs = DistillConfig.from_recipe("tuned", mode="gs", gas_train_size=5600)
     assert (gas.training_samples, gs.training_samples) == (5600, 1400)
-    assert DistillConfig.from_recipe("paper").training_samples == 1400
-    assert DistillConfig.from_recipe("tuned", gas_train_size=0).training_samples == 1400
     # the epoch is a permutation of the count used: every index below it, none above
     small = DistillConfig.from_recipe("tuned", mode="gas", train_size=4, gas_train_size=12, batch=4)
     seen = {i for step in range(1, 4) for i in batch_indices(small, step)}
@@ -365,13 +368,13 @@ def test_tuned_gas_mode_trains_on_4x_the_samples_and_an_explicit_count_applies_t
     def parsed(*argv: str) -> DistillConfig:
         return cli.config_from_args(cli.build_parser().parse_args(["--ckpt", "x", *argv]))
 
-    assert (parsed().train_size, parsed().gas_train_size, parsed().training_samples) == (1400, 5600, 5600)
-    assert parsed("--mode", "gs").training_samples == 1400
+    assert (parsed().train_size, parsed().gas_train_size, parsed().training_samples) == (1400, 0, 1400)
+    assert parsed("--gas-train-size", "5600").training_samples == 5600
+    assert parsed("--gas-train-size", "5600", "--mode", "gs").training_samples == 1400
     assert parsed("--train-size", "3000").training_samples == 3000
     assert parsed("--train-size", "3000", "--mode", "gs").training_samples == 3000
     assert parsed("--train-size", "3000", "--gas-train-size", "9000").training_samples == 9000
-    assert parsed("--gas-train-size", "0").training_samples == 1400
-    assert parsed("--recipe", "paper").training_samples == 1400
+    assert parsed("--recipe", "paper", "--gas-train-size", "700").training_samples == 700
     # resume: a GS state does not care for GAS mode's count; a GAS state does
     path = tmp_path / "state.pt"
     check_compatible(gs.to_dict(), {**gs.to_dict(), "gas_train_size": 0}, "k", "k", path)

@@ -69,13 +69,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 #: recipe's on the bench); the best of the recipe bench (benchmarks/README.md: at least 15% below "paper", worst
 #: seed below the paper's best, in every teacher x NFE cell, in less wall time); in GAS mode an
 #: adversarial weight of 0.1 with lazy R1/R2 (every 16th discriminator step) and a discriminator step every 4th
-#: iteration, trained on 4x the teacher samples (``gas_train_size`` 5600: an adversarial loss matches the
-#: samples' distribution, which 1400 samples describe too coarsely for it to beat GS on the bench; the GAS authors
-#: likewise train GAS on more samples than GS), at under 2x GS's cost (teacher + training) on the bench. Measured on
-#: analytic teachers only.
+#: iteration (GAS mode at under 2x GS's cost on the bench). Measured on analytic teachers only.
 RECIPES["tuned"] = {**RECIPES["paper"], "iters": 1800, "lr": 5e-3, "lr_schedule": "cosine", "loss_reduce": "cauchy",
                     "cauchy_scale": 10.0, "state_loss": 1.0, "state_anneal": "linear", "dpmpp3m_steps": 32,
-                    "disc_weight": 0.1, "r1_every": 16, "disc_every": 4, "gas_train_size": 5600}
+                    "disc_weight": 0.1, "r1_every": 16, "disc_every": 4}
 
 #: The recipe the command line (``--recipe``) and the GAS Train Solver node start from. ``DistillConfig()`` itself
 #: holds the paper recipe's values (``DistillConfig.from_recipe(DEFAULT_RECIPE)`` is the default run).
