@@ -108,6 +108,21 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(frechet_distance_to(a)(b))
 
 
+def stats_printer(every: int) -> Callable[[int, dict[str, float]], None] | None:
+    """With ``every`` > 0: a training callback that prints the losses of iterations 1, 1 + every, ... (the
+    discriminator steps there when ``every`` is a multiple of ``disc_every``); ``adv`` near ln 2 = 0.693 is a
+    discriminator that cannot tell the student's samples from the teacher's."""
+    if every <= 0:
+        return None
+    keys = ("loss", "distill", "state", "adv", "d_loss", "r1")
+
+    def show(step: int, stats: dict[str, float]) -> None:
+        if step % every == 1 % every:
+            print(f"    iteration {step}: " + " ".join(f"{k} {stats[k]:.4f}" for k in keys if k in stats), flush=True)
+
+    return show
+
+
 def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
     warm_up(root)
     results: list[CostResult] = []
@@ -134,7 +149,7 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
                     t0 = time.perf_counter()
                     load_teacher(problem, cfg, ref.autocast, progress=False)
                     teacher_s[key] = time.perf_counter() - t0
-                res = distill(problem, cfg, progress=False)
+                res = distill(problem, cfg, progress=False, callback=stats_printer(args.stats_every))
                 out = ref.sample(problem, res.solver)
                 r = CostResult(teacher, variant, seed, float((out - ref.exact).abs().mean()),
                                frechet_distance(pooled_features(out), exact_features), res.train_seconds,
@@ -193,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--exact-steps", type=int, default=512)
     ap.add_argument("--exact-cache", type=Path, default=None,
                     help="folder to keep the held-out exact solutions in between runs (default: computed each run)")
+    ap.add_argument("--stats-every", type=int, default=0, metavar="N",
+                    help="print the training losses (adversarial and discriminator ones included) every N iterations")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--load", type=Path, nargs="+", default=None)
     args = ap.parse_args(argv)

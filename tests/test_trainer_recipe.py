@@ -290,10 +290,12 @@ def test_frechet_distance_and_the_gas_cost_bench(tmp_path, capsys):
     assert gas_cost.frechet_distance(f, f + 0.5) == pytest.approx(0.25 * f.shape[1], rel=1e-6)
     assert gas_cost.frechet_distance(f, 2 * f) > 0.1
     gas_cost.main(["--teachers", "tiny", "--seeds", "1", "--first-seed", "4", "--iters", "3", "--train-size", "8",
-                   "--gas-train-size", "12", "--heldout", "16", "--exact-steps", "16",
+                   "--gas-train-size", "12", "--heldout", "16", "--exact-steps", "16", "--stats-every", "2",
                    "--variants", "GS;GAS small, R1 every 16, D every 4, 1 block"])
     out = capsys.readouterr().out
     assert out.count("| seed 4 |") == 2 and "| seed 0 |" not in out
+    assert out.count("iteration 1: loss") == 2 and out.count("iteration 3: loss") == 2 and "iteration 2:" not in out
+    assert "adv " in out and "d_loss " in out  # GAS's losses in its lines
     assert "| tiny | GS |" in out and "| tiny | GAS small, R1 every 16, D every 4, 1 block |" in out
     assert "| GS | seed 4 | 8 samples |" in out  # and GAS mode's own count
     assert "| GAS small, R1 every 16, D every 4, 1 block | seed 4 | 12 samples |" in out
