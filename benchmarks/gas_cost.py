@@ -26,9 +26,8 @@ import argparse
 import json
 import math
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +36,8 @@ import torch.nn.functional as F
 
 from trainer.config import RECIPES, DistillConfig
 from trainer.distill import distill
-from trainer.teacher_data import load_teacher
 
-from .recipe import TEACHERS, held_out, teacher_key, warm_up
+from .recipe import TEACHERS, held_out, timed_teacher, warm_up
 
 #: Variants: name -> DistillConfig overrides of the recipe (mode and every discriminator setting a recipe may change).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -133,8 +131,8 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
         problem = TEACHERS[teacher]()
         ref = held_out(problem, args.heldout, args.exact_steps, args.exact_cache)
         exact_features = pooled_features(ref.exact)
+        sets: dict[tuple[Any, ...], tuple[str, float]] = {}  # per training set: its cache folder and teacher seconds
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            teacher_s: dict[tuple[Any, ...], float] = {}  # per training set, generated in a cache folder of its own
             for variant in args.variants:
                 cfg = DistillConfig.from_recipe(args.recipe, **{
                     "nfe": args.nfe, "seed": seed, "iters": args.iters, **counts,
@@ -142,18 +140,12 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
                     "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0, "overwrite": True,
                     "name": f"{teacher}-{list(VARIANTS).index(variant)}-s{seed}", "out_dir": str(root / "out"),
                     "run_dir": str(root / "runs"), **VARIANTS[variant]})
-                key = teacher_key(cfg)
-                folder = list(teacher_s).index(key) if key in teacher_s else len(teacher_s)
-                cfg = replace(cfg, cache_dir=str(root / "cache" / f"{teacher}-s{seed}-{folder}"))
-                if key not in teacher_s:
-                    t0 = time.perf_counter()
-                    load_teacher(problem, cfg, ref.autocast, progress=False)
-                    teacher_s[key] = time.perf_counter() - t0
+                cfg, teacher_seconds = timed_teacher(problem, cfg, root, teacher, sets, ref.autocast)
                 res = distill(problem, cfg, progress=False, callback=stats_printer(args.stats_every))
                 out = ref.sample(problem, res.solver)
                 r = CostResult(teacher, variant, seed, float((out - ref.exact).abs().mean()),
                                frechet_distance(pooled_features(out), exact_features), res.train_seconds,
-                               teacher_s[key])
+                               teacher_seconds)
                 results.append(r)
                 print(f"  {teacher} | {variant} | seed {seed} | {cfg.training_samples} samples | L1 {r.l1:.4f} | "
                       f"FD {r.fd:.4g} | teacher {r.teacher_seconds:.1f}s train {r.train_seconds:.1f}s", flush=True)

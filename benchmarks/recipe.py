@@ -359,6 +359,22 @@ def teacher_key(config: DistillConfig) -> tuple[Any, ...]:
             config.teacher_grid, config.teacher_order, config.state_loss > 0 and config.state_points)
 
 
+def timed_teacher(problem: DistillProblem, cfg: DistillConfig, root: Path, teacher: str,
+                  sets: dict[tuple[Any, ...], tuple[str, float]], autocast: Any) -> tuple[DistillConfig, float]:
+    """``cfg`` with a cache folder of its own per teacher set (:func:`teacher_key`; ``sets`` holds one teacher's, as
+    key -> (folder, seconds)), so that no timed teacher run reads samples another set generated (the state loss's
+    held-out samples would come from the plain runs' cache); each set is generated and timed on first use. Returns
+    the config and its set's teacher seconds."""
+    key = teacher_key(cfg)
+    if key not in sets:
+        folder = str(root / "cache" / f"{teacher}-{len(sets)}")
+        t0 = time.perf_counter()
+        load_teacher(problem, replace(cfg, cache_dir=folder), autocast, progress=False)
+        sets[key] = (folder, time.perf_counter() - t0)
+    folder, seconds = sets[key]
+    return replace(cfg, cache_dir=folder), seconds
+
+
 def _train_to(problem: DistillProblem, config: DistillConfig, callback: Callable[[int, dict[str, float]], None],
               ref: HeldOut, stop_at: int) -> float:
     """Train ``config`` (from the start, or with ``resume`` from its saved state) to iteration ``stop_at`` and stop
@@ -407,25 +423,15 @@ def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResu
     seed and teacher set (:func:`teacher_key`), after an untimed :func:`warm_up`."""
     warm_up(root)
     results: list[RunResult] = []
-    cache_sets: dict[str, dict[tuple[Any, ...], int]] = {}
     for teacher in args.teachers:
         problem = TEACHERS[teacher]()
         ref = held_out(problem, args.heldout, args.exact_steps, args.exact_cache)
-        no_amp = ref.autocast
+        sets: dict[tuple[Any, ...], tuple[str, float]] = {}  # per teacher set (a setting may change its size/steps)
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            teacher_s: dict[tuple[Any, ...], float] = {}  # per teacher set (a setting may change its size/steps)
             for setting in args.settings:
                 for nfe in args.nfe:
-                    cfg = run_config(root, teacher, setting, nfe, seed, args)
-                    key = teacher_key(cfg)
-                    # a cache folder per teacher set, so that no setting's timed teacher run reads samples another
-                    # setting generated (the state loss's held-out samples would come from the plain runs' cache)
-                    sets = cache_sets.setdefault(teacher, {})
-                    cfg = replace(cfg, cache_dir=str(root / "cache" / f"{teacher}-{sets.setdefault(key, len(sets))}"))
-                    if key not in teacher_s:
-                        t0 = time.perf_counter()
-                        load_teacher(problem, cfg, no_amp, progress=False)
-                        teacher_s[key] = time.perf_counter() - t0
+                    cfg, teacher_seconds = timed_teacher(problem, run_config(root, teacher, setting, nfe, seed, args),
+                                                         root, teacher, sets, ref.autocast)
                     curve: list[tuple[int, float]] = []
 
                     def collect(step: int, stats: dict[str, float], curve: list = curve) -> None:
@@ -446,7 +452,7 @@ def run_bench(args: argparse.Namespace, root: Path, on_result: Callable[[RunResu
                     curve.append((cfg.iters, float(res.scores["methods"][res.label]["l1"])))
                     per_sample = (ref.sample(problem, res.solver) - ref.exact).abs().flatten(1).mean(1).double()
                     top = per_sample.sort(descending=True).values[:max(1, len(per_sample) // 10)]
-                    r = RunResult(teacher, setting, nfe, seed, float(per_sample.mean()), teacher_s[key],
+                    r = RunResult(teacher, setting, nfe, seed, float(per_sample.mean()), teacher_seconds,
                                   train_s, curve, float(per_sample.median()),
                                   float(top.sum() / per_sample.sum()),
                                   [round(float(v), 4) for v in res.solver.sigmas(problem.schedule).detach()],

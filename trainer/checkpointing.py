@@ -18,6 +18,7 @@ import torch
 
 from gas.atomic_file import write_atomically
 
+from .config import DistillConfig
 from .errors import ResumeError
 
 __all__ = ["RESUME_KEYS", "STATE_FORMAT", "STATE_VERSION", "check_compatible", "load_state", "save_state"]
@@ -60,8 +61,7 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _with_training_samples(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with ``train_size`` the count the run trains on (GAS mode's ``gas_train_size`` where set), so that
     a resume compares the samples used, not the unused mode's setting."""
-    gas_size = config.get("gas_train_size") or 0
-    return {**config, "train_size": gas_size} if config.get("mode") == "gas" and gas_size > 0 else config
+    return {**config, "train_size": DistillConfig.from_dict(config).training_samples}
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], saved_key: str, current_key: str,
