@@ -60,6 +60,16 @@ for _rate in ("1e-4", "1e-3"):
         **_TUNED_GAS, "disc_lr": float(_rate)}
     VARIANTS[f"GAS small, R1 every 16, D every 4, 1 block, weight 0.3, D lr {_rate}"] = {
         **_TUNED_GAS, "disc_lr": float(_rate), "disc_weight": 0.3}
+for _rate in ("1e-5", "1e-4", "1e-3"):  # relativistic pairs of one noise (the student's and the teacher's sample)
+    VARIANTS[f"GAS paired, weight 0.1, D lr {_rate}"] = {**_TUNED_GAS, "disc_fake": "paired", "disc_lr": float(_rate)}
+    VARIANTS[f"GAS paired, weight 0.3, D lr {_rate}"] = {**_TUNED_GAS, "disc_fake": "paired", "disc_lr": float(_rate),
+                                                         "disc_weight": 0.3}
+VARIANTS["GAS paired, weight 0.1, D lr 1e-3, no R1"] = {**_TUNED_GAS, "disc_fake": "paired", "disc_lr": 1e-3,
+                                                        "r1_gamma": 0.0}
+VARIANTS["GAS, weight 0.1, D lr 1e-3, no R1, D every 1"] = {**_TUNED_GAS, "disc_lr": 1e-3, "r1_gamma": 0.0,
+                                                            "disc_every": 1}
+for _ramp in ("0.25", "0.5"):  # the adversarial weight ramped in from 0 (the discriminator's first opinions unweighted)
+    VARIANTS[f"GAS, weight 0.1, ramp {_ramp}"] = {**_TUNED_GAS, "disc_ramp": float(_ramp)}
 VARIANTS["GAS small, R1 every 16, D every 2, 1 block, weight 0.1, D lr 1e-3"] = {
     **_TUNED_GAS, "disc_lr": 1e-3, "disc_every": 2}
 

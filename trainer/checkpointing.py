@@ -28,11 +28,13 @@ STATE_VERSION = 1
 #: Config fields that must match for ``--resume`` (the others, e.g. ``iters`` or ``ckpt_every``, may change).
 RESUME_KEYS = ("nfe", "mode", "t_eps", "seed", "train_size", "batch", "lr", "grad_clip", "ema", "loss", "disc_lr",
                "disc_weight", "r1_gamma", "disc_preset", "disc_widths", "disc_groups", "disc_blocks", "lr_schedule",
-               "lr_warmup", "time_init", "loss_reduce", "cauchy_scale", "state_loss", "state_points", "state_anneal")
+               "lr_warmup", "time_init", "loss_reduce", "cauchy_scale", "state_loss", "state_points", "state_anneal",
+               "disc_fake", "disc_ramp")
 #: Values of resume keys that states written before the key existed were trained with.
 RESUME_KEY_DEFAULTS: dict[str, Any] = {"lr_schedule": "constant", "lr_warmup": 0, "time_init": "uniform",
                                        "loss_reduce": "mean", "cauchy_scale": 3.0, "state_loss": 0.0,
-                                       "state_points": 16, "state_anneal": "none"}
+                                       "state_points": 16, "state_anneal": "none", "disc_fake": "fresh",
+                                       "disc_ramp": 0.0}
 
 
 def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:

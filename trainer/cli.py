@@ -31,6 +31,7 @@ from typing import Any
 from .config import (
     DEFAULT_RECIPE,
     DEFAULT_TEACHER_STEPS,
+    DISC_FAKES,
     DISC_PRESETS,
     LOSS_REDUCTIONS,
     LR_SCHEDULES,
@@ -219,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
                           f"regularisation; default: {_D.r1_every})")
     adv.add_argument("--disc-every", type=int, default=None,
                      help=f"one discriminator step every N iterations (default: {_D.disc_every})")
+    adv.add_argument("--disc-fake", choices=DISC_FAKES, default=None,
+                     help="the discriminator's fake batch: fresh = the student on fresh noise (the paper), paired = "
+                          f"on the batch's own noises (default: {_D.disc_fake})")
+    adv.add_argument("--disc-ramp", type=float, default=None,
+                     help="ramp the adversarial weight linearly from 0 over this fraction of the iterations; 0 = "
+                          f"full weight from the start (default: {_D.disc_ramp:g})")
     adv.add_argument("--disc-size", choices=tuple(DISC_PRESETS), default=None,
                      help=f"discriminator size: paper = R3GAN latent (22.4 M parameters at 4x64x64), small = for "
                           f"tests and demos (default: {_D.disc_preset}{demo('disc_preset')})")
@@ -344,6 +351,7 @@ def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> Distill
         disc_lr=pick(args.disc_lr, "disc_lr"), disc_weight=pick(args.disc_weight, "disc_weight"),
         r1_gamma=pick(args.r1_gamma, "r1_gamma"), r1_every=pick(args.r1_every, "r1_every"),
         disc_every=pick(args.disc_every, "disc_every"), disc_preset=pick(args.disc_size, "disc_preset"),
+        disc_fake=pick(args.disc_fake, "disc_fake"), disc_ramp=pick(args.disc_ramp, "disc_ramp"),
         teacher=args.teacher,
         teacher_steps=args.teacher_steps, teacher_order=args.teacher_order, teacher_batch=args.teacher_batch,
         grad_checkpoint=not args.no_grad_checkpoint, amp=args.amp, out_dir=args.out, cache_dir=args.cache_dir,

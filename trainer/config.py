@@ -18,8 +18,9 @@ from gas import MAX_NFE, MIN_NFE
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_RECIPE", "DEFAULT_TEACHER_STEPS", "DISC_PRESETS", "LOSSES", "LOSS_REDUCTIONS", "LR_SCHEDULES",
-           "MODES", "PACK_ROOT", "RECIPES", "SELECTIONS", "STATE_ANNEALS", "TEACHERS", "TIME_INITS", "DistillConfig"]
+__all__ = ["DEFAULT_RECIPE", "DEFAULT_TEACHER_STEPS", "DISC_FAKES", "DISC_PRESETS", "LOSSES", "LOSS_REDUCTIONS",
+           "LR_SCHEDULES", "MODES", "PACK_ROOT", "RECIPES", "SELECTIONS", "STATE_ANNEALS", "TEACHERS", "TIME_INITS",
+           "DistillConfig"]
 
 #: The pack folder (the repository root): default outputs live below it.
 PACK_ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,8 @@ TIME_INITS = ("uniform", "logsnr")
 STATE_ANNEALS = ("none", "linear")
 #: Which EMA solver a run writes (``DistillConfig.select``).
 SELECTIONS = ("last", "best")
+#: Where the discriminator step's fake samples come from (``DistillConfig.disc_fake``).
+DISC_FAKES = ("fresh", "paired")
 #: Discriminator widths / groups per stage (stages are added or dropped to fit the latent size).
 DISC_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "paper": ((384, 768, 768, 768, 768), (48, 96, 96, 96, 96)),
@@ -60,6 +63,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "select": "last", "loss": "l1", "loss_reduce": "mean", "cauchy_scale": 3.0,
         "state_loss": 0.0, "state_points": 16, "state_anneal": "none",
         "disc_lr": 1e-5, "disc_weight": 1.0, "r1_gamma": 0.2, "r1_every": 1, "disc_every": 1,
+        "disc_fake": "fresh", "disc_ramp": 0.0,
     },
 }
 #: "tuned" (the default recipe): the paper recipe with a 5x higher peak learning rate decayed by a cosine, the
@@ -131,6 +135,12 @@ class DistillConfig:
     #: R1 + R2 on every N-th discriminator step only, weighted N times (StyleGAN2's lazy regularisation); 1 = paper
     r1_every: int = 1
     disc_every: int = 1  #: one discriminator step every N iterations (1 = every iteration, the paper)
+    #: the discriminator step's fake batch: "fresh" (the student on fresh noise, the paper) or "paired" (the student on
+    #: the batch's own noises, so each relativistic pair is the teacher's and the student's sample of one noise)
+    disc_fake: str = "fresh"
+    #: fraction of the iterations over which the adversarial weight ramps linearly from 0 to `disc_weight` (the
+    #: discriminator trains from the start); 0 = the full weight from iteration 1 (the paper)
+    disc_ramp: float = 0.0
     disc_preset: str = "paper"  #: discriminator size: "paper" (R3GAN latent, 22 M params at 4x64x64) or "small"
     disc_widths: tuple[int, ...] | None = None  #: override the preset's per-stage widths
     disc_groups: tuple[int, ...] | None = None  #: override the preset's per-stage group counts
@@ -258,6 +268,8 @@ class DistillConfig:
         need(self.time_init in TIME_INITS,
              f"`time_init` must be one of {', '.join(TIME_INITS)}, got {self.time_init!r}")
         need(self.disc_preset in DISC_PRESETS, f"`disc_preset` must be one of {', '.join(DISC_PRESETS)}")
+        need(self.disc_fake in DISC_FAKES,
+             f"`disc_fake` must be one of {', '.join(DISC_FAKES)}, got {self.disc_fake!r}")
         need(is_num(self.t_eps) and 0 < self.t_eps < 1,
              f"`t_eps` must lie strictly between 0 and 1, got {self.t_eps!r}")
         need(is_int(self.seed) and self.seed >= 0, f"`seed` must be a non-negative integer, got {self.seed!r}")
@@ -267,6 +279,8 @@ class DistillConfig:
             need(is_int(value) and value >= 1, f"`{name}` must be a positive integer, got {value!r}")
         need(is_int(self.lr_warmup) and 0 <= self.lr_warmup < self.iters,
              f"`lr_warmup` must be an integer from 0 to `iters` - 1 ({self.iters - 1}), got {self.lr_warmup!r}")
+        need(is_num(self.disc_ramp) and 0 <= self.disc_ramp <= 1,
+             f"`disc_ramp` must be a fraction of the iterations from 0 to 1, got {self.disc_ramp!r}")
         need(is_int(self.gas_train_size) and self.gas_train_size >= 0,
              f"`gas_train_size` must be a non-negative integer (0: `train_size`), got {self.gas_train_size!r}")
         size_name = "gas_train_size" if self.training_samples != self.train_size else "train_size"

@@ -1,11 +1,13 @@
 """The two optimisation steps of one iteration (GS: the distillation loss only; GAS: plus the adversarial term of the
 GAS paper, arXiv 2510.17699).
 
-* :func:`discriminator_step` (GAS only, first): the student runs on fresh noise under ``no_grad`` with the batch's
-  conditioning, giving ``fake``; ``L_D = softplus(D(fake) - D(x_T)) + gamma/2 (R1 + R2)``; one Adam step on ``D``.
+* :func:`discriminator_step` (GAS only, first): the student runs on fresh noise (``disc_fake`` "paired": on the
+  batch's own noises) under ``no_grad`` with the batch's conditioning, giving ``fake``;
+  ``L_D = softplus(D(fake) - D(x_T)) + gamma/2 (R1 + R2)``; one Adam step on ``D``.
 * :func:`solver_step`: ``x_S = student(z, c)`` through all N model calls with autograd (each call checkpointed);
-  ``L = distill(x_S, x_T) + disc_weight * softplus(D(x_T) - D(x_S))`` (the adversarial part for GAS only, ``D``
-  frozen), averaged over the batch; backprop, gradient-norm clip, Adam at the iteration's learning rate
+  ``L = distill(x_S, x_T) + w_adv * softplus(D(x_T) - D(x_S))`` (the adversarial part for GAS only, ``D``
+  frozen; ``w_adv`` = ``disc_weight``, ramped in over the first ``disc_ramp`` of the iterations when set), averaged
+  over the batch; backprop, gradient-norm clip, Adam at the iteration's learning rate
   (:func:`trainer.schedule.learning_rate`), EMA update.
 
 With ``state_loss`` on, ``L`` also holds ``w * state_distance`` (:mod:`trainer.trajectory`: the intermediate
@@ -36,7 +38,7 @@ from .runtime import Autocast, run_student, start_state
 from .schedule import learning_rate
 from .trajectory import state_distances, state_weight
 
-__all__ = ["NonFiniteError", "StepContext", "discriminator_step", "solver_step"]
+__all__ = ["NonFiniteError", "StepContext", "adversarial_weight", "discriminator_step", "solver_step"]
 
 
 class NonFiniteError(ArithmeticError):
@@ -69,12 +71,18 @@ def _reduce(dist: Dist, params: list[nn.Parameter], stats: list[torch.Tensor]) -
     return buf.tolist()
 
 
+def adversarial_weight(cfg: DistillConfig, step: int) -> float:
+    """The adversarial loss's weight at iteration ``step`` (1-based): ``disc_weight * min(1, step / (disc_ramp *
+    iters))``, or ``disc_weight`` when ``disc_ramp`` is 0."""
+    return cfg.disc_weight * (min(1.0, step / (cfg.disc_ramp * cfg.iters)) if cfg.disc_ramp > 0 else 1.0)
+
+
 def discriminator_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, float]:
     """One Adam step of the discriminator against the student's samples of fresh noise; returns its stats. The R1 + R2
     penalty applies on every ``r1_every``-th discriminator step (the first included), weighted ``r1_every`` times."""
     assert run.disc is not None and run.disc_opt is not None
     prob, cfg = ctx.problem, ctx.config
-    fake_init = start_state(prob, batch.fake_noise(cfg), ctx.s0)
+    fake_init = start_state(prob, batch.noise if cfg.disc_fake == "paired" else batch.fake_noise(cfg), ctx.s0)
     fake = run_student(prob, run.solver, fake_init, batch.cond, autocast=ctx.autocast, differentiable=False)
     run.disc.requires_grad_(True)
     d_steps_before = (run.step - 1) // cfg.disc_every  # this is discriminator step d_steps_before + 1
@@ -118,7 +126,7 @@ def solver_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, floa
         parts.append(state_dist.detach().mean())
     if run.disc is not None:
         adv = generator_adversarial_loss(run.disc, batch.real, out)
-        total = total + cfg.disc_weight * adv
+        total = total + adversarial_weight(cfg, run.step) * adv
         parts.append(adv.detach().mean())
     loss = total.mean()
     run.opt.zero_grad(set_to_none=True)
