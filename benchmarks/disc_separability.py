@@ -34,21 +34,16 @@ from trainer.discriminator import LatentDiscriminator
 from trainer.distill import distill
 
 from .gas_cost import VARIANTS, frechet_distance, pooled_features
-from .recipe import TEACHERS, held_out
+from .recipe import TEACHERS, bench_config, held_out
 
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """P(score of a random positive > score of a random negative), ties counting half (the Mann-Whitney statistic)."""
-    scores = torch.cat([pos, neg]).double()
-    ranks = torch.empty_like(scores)
-    order = scores.argsort()
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in scores.unique():  # average ranks over ties
-        tied = scores == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    n_pos, n_neg = len(pos), len(neg)
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """P(score of a random positive > score of a random negative), ties counting half (the Mann-Whitney statistic):
+    for each positive, the negatives below it plus half those equal to it, from two binary searches."""
+    neg = neg.double().sort().values
+    below = torch.searchsorted(neg, pos.double(), right=False)
+    not_above = torch.searchsorted(neg, pos.double(), right=True)
+    return float((below + not_above).double().sum() / (2 * len(pos) * len(neg)))
 
 
 def classifier_auc(solver_a: torch.Tensor, exact_b: torch.Tensor, solver_b: torch.Tensor, exact_a: torch.Tensor,
@@ -166,13 +161,9 @@ def main(argv: list[str] | None = None) -> None:
             half = args.heldout // 2
             for solver_name in args.recipes.split(","):
                 recipe, _, count = solver_name.partition(":")
-                root = Path(tmp) / f"{teacher}-{recipe}-{count}"
                 iters = int(count) if count else args.iters or RECIPES[recipe]["iters"]
-                cfg = DistillConfig.from_recipe(recipe, mode="gs", nfe=args.nfe, seed=args.seed, val_size=64,
-                                                report=False, grid_samples=0, teacher_batch=32, eval_batch=64,
-                                                overwrite=True, name=f"{teacher}-{recipe}", out_dir=str(root / "o"),
-                                                cache_dir=str(root / "c"), run_dir=str(root / "r"), iters=iters,
-                                                eval_every=iters, ckpt_every=iters, log_every=iters)
+                cfg = bench_config(recipe, Path(tmp) / f"{teacher}-{recipe}-{count}", f"{teacher}-{recipe}", iters,
+                                   mode="gs", nfe=args.nfe, seed=args.seed)
                 solver = distill(problem, cfg, progress=False).solver
                 with torch.no_grad():
                     out = ref.sample(problem, solver)

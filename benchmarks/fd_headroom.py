@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import RECIPES, DistillConfig
+from trainer.config import RECIPES
 from trainer.distill import distill
 from trainer.problem import DistillProblem
 from trainer.runtime import resolve_amp, run_student, start_state
@@ -32,17 +32,14 @@ from trainer.teacher import end_sigmas
 from trainer.teacher_data import load_teacher
 
 from .gas_cost import frechet_distance, frechet_distance_to, pooled_features
-from .recipe import TEACHERS, HeldOut, held_out
+from .recipe import TEACHERS, HeldOut, bench_config, held_out
 
 
 def polish(problem: DistillProblem, ref: HeldOut, exact_features: torch.Tensor, teacher: str, seed: int,
            args: argparse.Namespace, root: Path) -> None:
     """Train the GS solver of ``seed``, then ``args.steps`` Adam steps on the FD loss; print the held-out rows."""
-    cfg = DistillConfig.from_recipe(args.recipe, mode="gs", nfe=args.nfe, seed=seed, train_size=args.train_size,
-                                    val_size=64, report=False, grid_samples=0, teacher_batch=32, eval_batch=64,
-                                    overwrite=True, name=f"{teacher}-s{seed}", out_dir=str(root / "out"),
-                                    cache_dir=str(root / "cache"), run_dir=str(root / "runs"), iters=args.iters,
-                                    eval_every=args.iters, ckpt_every=args.iters, log_every=args.iters)
+    cfg = bench_config(args.recipe, root, f"{teacher}-s{seed}", args.iters, mode="gs", nfe=args.nfe, seed=seed,
+                       train_size=args.train_size)
     solver = distill(problem, cfg, progress=False).solver
     autocast = resolve_amp("off", problem.device)
     data = load_teacher(problem, cfg, autocast, progress=False)

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trainer.config import RECIPES, DistillConfig
+from trainer.config import RECIPES
 from trainer.distill import distill
 
-from .recipe import TEACHERS, held_out, timed_teacher, warm_up
+from .recipe import TEACHERS, bench_config, held_out, timed_teacher, warm_up
 
 #: Variants: name -> DistillConfig overrides of the recipe (mode and every discriminator setting a recipe may change).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -144,12 +144,8 @@ def run(args: argparse.Namespace, root: Path) -> list[CostResult]:
         sets: dict[tuple[Any, ...], tuple[str, float]] = {}  # per training set: its cache folder and teacher seconds
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for variant in args.variants:
-                cfg = DistillConfig.from_recipe(args.recipe, **{
-                    "nfe": args.nfe, "seed": seed, "iters": args.iters, **counts,
-                    "val_size": 64, "eval_every": args.iters, "ckpt_every": args.iters, "log_every": args.iters,
-                    "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0, "overwrite": True,
-                    "name": f"{teacher}-{list(VARIANTS).index(variant)}-s{seed}", "out_dir": str(root / "out"),
-                    "run_dir": str(root / "runs"), **VARIANTS[variant]})
+                cfg = bench_config(args.recipe, root, f"{teacher}-{list(VARIANTS).index(variant)}-s{seed}", args.iters,
+                                   nfe=args.nfe, seed=seed, **counts, **VARIANTS[variant])
                 cfg, teacher_seconds = timed_teacher(problem, cfg, root, teacher, sets, ref.autocast)
                 res = distill(problem, cfg, progress=False, callback=stats_printer(args.stats_every))
                 out = ref.sample(problem, res.solver)

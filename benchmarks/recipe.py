@@ -339,18 +339,21 @@ def held_out(problem: DistillProblem, n: int, exact_steps: int, cache: Path | No
     return HeldOut(idx, noise, cond, exact, end_sigmas(problem, t_eps)[0], resolve_amp("off", problem.device))
 
 
+def bench_config(recipe: str, root: Path, name: str, iters: int, **overrides: Any) -> DistillConfig:
+    """A bench run's config: ``recipe`` with ``overrides`` (they win), ``iters`` iterations, checkpointed, scored on
+    64 held-out samples and logged once at the end, no report or grid, every file below ``root``."""
+    return DistillConfig.from_recipe(recipe, **{
+        "iters": iters, "val_size": 64, "eval_every": iters, "ckpt_every": iters, "log_every": iters,
+        "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0, "overwrite": True, "name": name,
+        "out_dir": str(root / "out"), "cache_dir": str(root / "cache"), "run_dir": str(root / "runs"), **overrides})
+
+
 def run_config(root: Path, teacher: str, setting: str, nfe: int, seed: int, args: argparse.Namespace) -> DistillConfig:
     overrides = SETTINGS[setting](args.iters)
-    iters = overrides.get("iters", args.iters)  # a setting may trade iterations for batch
-    return DistillConfig.from_recipe(
-        "paper", **{
-            "nfe": nfe, "mode": "gs", "seed": seed, "iters": args.iters, "train_size": args.train_size,
-            "val_size": args.val_size, "eval_every": max(1, iters // 10), "ckpt_every": iters,
-            "log_every": iters, "teacher_batch": 32, "eval_batch": 64, "report": False, "grid_samples": 0,
-            "overwrite": True, "name": f"{teacher}-{list(SETTINGS).index(setting)}-s{seed}",
-            "out_dir": str(root / "out"), "cache_dir": str(root / "cache"), "run_dir": str(root / "runs"),
-            **overrides,
-        })
+    iters = overrides.pop("iters", args.iters)  # a setting may trade iterations for batch
+    return bench_config("paper", root, f"{teacher}-{list(SETTINGS).index(setting)}-s{seed}", iters, **{
+        "nfe": nfe, "mode": "gs", "seed": seed, "train_size": args.train_size, "val_size": args.val_size,
+        "eval_every": max(1, iters // 10), "ckpt_every": iters, "log_every": iters, **overrides})
 
 
 def teacher_key(config: DistillConfig) -> tuple[Any, ...]:

@@ -78,8 +78,9 @@ def adversarial_weight(cfg: DistillConfig, step: int) -> float:
 
 
 def discriminator_step(ctx: StepContext, run: RunState, batch: Batch) -> dict[str, float]:
-    """One Adam step of the discriminator against the student's samples of fresh noise; returns its stats. The R1 + R2
-    penalty applies on every ``r1_every``-th discriminator step (the first included), weighted ``r1_every`` times."""
+    """One Adam step of the discriminator against the student's samples of fresh noise (of the batch's own noises
+    when ``disc_fake`` is "paired"); returns its stats. The R1 + R2 penalty applies on every ``r1_every``-th
+    discriminator step (the first included), weighted ``r1_every`` times."""
     assert run.disc is not None and run.disc_opt is not None
     prob, cfg = ctx.problem, ctx.config
     fake_init = start_state(prob, batch.noise if cfg.disc_fake == "paired" else batch.fake_noise(cfg), ctx.s0)
